@@ -1,0 +1,3 @@
+module github.com/pvusb/pvusb
+
+go 1.26
