@@ -150,7 +150,7 @@ func TestValidate(t *testing.T) {
 		{"bulk 64KiB ok, buffer_length 0", bulk, nil, 0},
 		{"iso ok", iso, nil, 0},
 		{"port 0 at address 0", ctrlRequest(0, 0, true, getDesc, Segment{1, 0, 64}), ErrBadPort, StatusNoDev},
-		{"port 32 at address 0", ctrlRequest(32&31|0, 0, true, getDesc, Segment{1, 0, 64}), ErrBadPort, StatusNoDev},
+		{"port 31 of 8", ctrlRequest(31, 0, true, getDesc, Segment{1, 0, 64}), ErrBadPort, StatusNoDev},
 		{"port above num-ports", ctrlRequest(9, 0, true, getDesc, Segment{1, 0, 64}), ErrBadPort, StatusNoDev},
 		{"port ignored at address 5", mut(bulk, func(r *URBRequest) { r.Pipe = r.Pipe.WithPort(0) }), nil, 0},
 		{"17 segments", mut(bulk, func(r *URBRequest) { r.NrBufferSegs = 17 }), ErrTooManySegments, StatusShutdown},
