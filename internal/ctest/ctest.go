@@ -93,7 +93,13 @@ func Compare(t testing.TB, c map[string]int64, want map[string]int64) {
 // returns the decoded bytes by name.
 func Hex(t testing.TB, exe string) map[string][]byte {
 	t.Helper()
-	out, err := exec.Command(exe).Output()
+	return HexArgs(t, exe)
+}
+
+// HexArgs is Hex with arguments for the program.
+func HexArgs(t testing.TB, exe string, args ...string) map[string][]byte {
+	t.Helper()
+	out, err := exec.Command(exe, args...).Output()
 	if err != nil {
 		t.Fatalf("run %s: %v", exe, err)
 	}
