@@ -91,7 +91,7 @@ func TestIoctlNumbersAndLayoutsMatchC(t *testing.T) {
 		"IOCTL_GNTDEV_SET_UNMAP_NOTIFY": int64(IoctlGntdevSetUnmapNotify), "IOCTL_GNTDEV_GRANT_COPY": int64(IoctlGntdevGrantCopy),
 		"IOCTL_GNTALLOC_ALLOC_GREF": int64(IoctlGntallocAllocGref), "IOCTL_GNTALLOC_DEALLOC_GREF": int64(IoctlGntallocDeallocGref),
 		"IOCTL_GNTALLOC_SET_UNMAP_NOTIFY": int64(IoctlGntallocSetUnmapNotify),
-		"sizeof.map_grant_ref": 24, "offset.map.index": offMapIdx, "offset.map.refs": offMapRefs,
+		"sizeof.map_grant_ref":            24, "offset.map.index": offMapIdx, "offset.map.refs": offMapRefs,
 		"sizeof.copy_segment": copySegmentSize, "offset.copy_segment.status": 20,
 		"sizeof.alloc_gref": 24, "offset.alloc.index": 8, "offset.alloc.gref_ids": 16,
 		"GNTCOPY_source_gref": gntcopySourceGref, "GNTCOPY_dest_gref": gntcopyDestGref,
