@@ -49,7 +49,7 @@ func TestIoctlNumbersAndLayoutsMatchC(t *testing.T) {
 		"IOCTL_EVTCHN_BIND_UNBOUND_PORT": int64(IoctlBindUnboundPort), "IOCTL_EVTCHN_UNBIND": int64(IoctlUnbind),
 		"IOCTL_EVTCHN_NOTIFY": int64(IoctlNotify), "IOCTL_EVTCHN_RESET": int64(IoctlReset),
 		"IOCTL_EVTCHN_RESTRICT_DOMID": int64(IoctlRestrictDomid),
-		"sizeof.bind_interdomain": 8, "sizeof.bind_unbound_port": 4, "sizeof.notify": 4,
+		"sizeof.bind_interdomain":     8, "sizeof.bind_unbound_port": 4, "sizeof.notify": 4,
 	})
 	if c := ctest.HexArgs(t, exe, "bytes"); !bytes.Equal(c["bind"], bindInterdomainArg(7, 0x1234)) {
 		t.Errorf("bind_interdomain: go % x, c % x", bindInterdomainArg(7, 0x1234), c["bind"])
