@@ -133,6 +133,7 @@ type fakeKernel struct {
 	failReq uintptr
 	mmapErr error
 	statusN int16
+	mapper  *XenMapper
 }
 
 func (k *fakeKernel) Ioctl(fd int, req uintptr, arg []byte) error {
@@ -152,7 +153,12 @@ func (k *fakeKernel) Ioctl(fd int, req uintptr, arg []byte) error {
 	case IoctlGntdevGrantCopy:
 		// The status of the second segment, if any.
 		if le.Uint32(arg[0:]) > 1 {
-			tbl := unsafeTable(le.Uint64(arg[8:]), 2)
+			// The kernel writes statuses into the segment table, which sits
+			// in the mapper's bounce mapping right after the pages.
+			tbl := k.mapper.bounce[MaxBatch*PageSize:]
+			if addressOf(tbl) != le.Uint64(arg[8:]) {
+				panic("segments pointer is not the bounce table")
+			}
 			le.PutUint16(tbl[copySegmentSize+20:], uint16(k.statusN))
 		}
 	}
@@ -172,7 +178,7 @@ func (k *fakeKernel) Munmap([]byte) error { k.unmaps++; return nil }
 
 func TestXenMapperBelowTheIoctl(t *testing.T) {
 	k := &fakeKernel{}
-	m := &XenMapper{fd: 3, sys: k}
+	m := &XenMapper{fd: -1, sys: k}
 	mp, err := m.Map(4, []Ref{10, 11}, false)
 	if err != nil {
 		t.Fatal(err)
@@ -213,7 +219,8 @@ func TestXenMapperBelowTheIoctl(t *testing.T) {
 
 func TestXenGrantCopyBelowTheIoctl(t *testing.T) {
 	k := &fakeKernel{statusN: int16(StatusPermissionDenied)}
-	m := &XenMapper{fd: 3, sys: k}
+	m := &XenMapper{fd: -1, sys: k}
+	k.mapper = m
 	defer m.Close()
 	in, out := make([]byte, 100), bytes.Repeat([]byte{7}, 50)
 	segs := []CopySegment{{Dom: 2, Ref: 5, Offset: 10, Local: in}, {Dom: 2, Ref: 6, Local: out, ToGrant: true}}
@@ -231,7 +238,7 @@ func TestXenGrantCopyBelowTheIoctl(t *testing.T) {
 
 func TestXenGranterBelowTheIoctl(t *testing.T) {
 	k := &fakeKernel{}
-	g := &XenGranter{fd: 3, sys: k}
+	g := &XenGranter{fd: -1, sys: k}
 	gr, err := g.Grant(0, 3, true)
 	if err != nil {
 		t.Fatal(err)

@@ -22,8 +22,24 @@ func ioctlBytes(fd int, req uintptr, arg []byte) error {
 // its address to the kernel inside a struct is sound.
 func addressOf(b []byte) uint64 { return uint64(uintptr(unsafe.Pointer(&b[0]))) }
 
-// unsafeTable views n copy segments at a kernel-style address, for the
-// fake kernel in tests: the address is our own anonymous mapping.
-func unsafeTable(addr uint64, n int) []byte {
-	return unsafe.Slice((*byte)(unsafe.Pointer(uintptr(addr))), n*copySegmentSize)
+// mapFrames reserves one range and maps each frame of fd into it, in
+// order, so the caller sees the granted pages contiguously. Sound: the
+// range is ours (just reserved), and MAP_FIXED only replaces pages in it.
+func mapFrames(fd int, frames []uint32, writable bool) ([]byte, error) {
+	n := len(frames) * PageSize
+	b, err := unix.Mmap(-1, 0, n, unix.PROT_NONE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, err
+	}
+	prot := unix.PROT_READ
+	if writable {
+		prot |= unix.PROT_WRITE
+	}
+	for i, f := range frames {
+		if _, err := unix.MmapPtr(fd, int64(f)*PageSize, unsafe.Pointer(&b[i*PageSize]), PageSize, prot, unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+			unix.Munmap(b)
+			return nil, err
+		}
+	}
+	return b, nil
 }
