@@ -11,6 +11,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pvusb/pvusb/applets/ringdump"
+	"github.com/pvusb/pvusb/applets/sim"
 )
 
 // Name is the binary's name, whatever it was invoked as.
@@ -20,6 +21,7 @@ const Name = "pvusb"
 // applets that work are listed; a duplicate name panics at start.
 func All() []*cli.Command {
 	cmds := []*cli.Command{
+		sim.Command(),
 		ringdump.Command(),
 	}
 	seen := map[string]bool{}
