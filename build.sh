@@ -50,6 +50,8 @@ fuzz() {
 		./core/usbif:FuzzDecodeValidate
 		./ring:FuzzBackRingHostilePage
 		./core/ringview:FuzzAnalyze
+		./xs:FuzzReadMsg
+		./xs:FuzzServerConnection
 	)
 	for pt in "${targets[@]}"; do
 		echo "== fuzz ${pt#*:} for $t" >&2

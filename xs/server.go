@@ -208,7 +208,8 @@ func (c *conn) close() {
 		c.s.mu.Lock()
 		delete(c.s.conns, c)
 		c.gone = true
-		c.watches, c.txs, c.out = nil, nil, nil
+		c.watches, c.out = nil, nil
+		c.txs = map[uint32]*txn{} // never nil: a request may still be in dispatch
 		c.s.mu.Unlock()
 		c.rwc.Close()
 		close(c.done)
@@ -288,6 +289,9 @@ func (c *conn) handle(m Msg) bool {
 	s := c.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if c.gone {
+		return false // dropped (too slow a reader, domain released): serve nothing more
+	}
 	reply, err := c.dispatchLocked(m)
 	if err == errAlreadyReplied {
 		return true
