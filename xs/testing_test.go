@@ -9,7 +9,7 @@ import (
 
 // testServer serves dom0 on a socket in a temp dir and returns the server,
 // the socket path and a dom0 client.
-func testServer(t *testing.T, q Quotas) (*Server, string, *Client) {
+func testServer(t testing.TB, q Quotas) (*Server, string, *Client) {
 	t.Helper()
 	s := NewServer(nil, q)
 	sock := filepath.Join(t.TempDir(), "xenstored.sock")

@@ -10,7 +10,7 @@ import (
 	"github.com/pvusb/pvusb/core/sim"
 )
 
-func pair(t *testing.T) (*evtchn.Sim, *evtchn.Sim, *sim.Domain, *sim.Domain) {
+func pair(t testing.TB) (*evtchn.Sim, *evtchn.Sim, *sim.Domain, *sim.Domain) {
 	t.Helper()
 	h, err := sim.NewHypervisor(t.TempDir(), nil)
 	if err != nil {

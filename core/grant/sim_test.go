@@ -10,7 +10,7 @@ import (
 	"github.com/pvusb/pvusb/core/sim"
 )
 
-func domains(t *testing.T) (*sim.Domain, *sim.Domain) {
+func domains(t testing.TB) (*sim.Domain, *sim.Domain) {
 	t.Helper()
 	h, err := sim.NewHypervisor(t.TempDir(), nil)
 	if err != nil {

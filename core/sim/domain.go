@@ -84,7 +84,7 @@ func JoinRAM(dir string, dom uint32, ramPages int) (*Domain, error) {
 		return fail(err)
 	}
 	var r reply
-	fds, err := recvMsg(c, &r)
+	fds, err := new(reader).recvMsg(c, &r)
 	closeAll(fds)
 	if err == nil && r.Err != "" {
 		err = &CodeError{Code: r.Code, Msg: r.Err}
@@ -149,9 +149,10 @@ func (d *Domain) OnPeerClosed(fn func(port uint32)) {
 }
 
 func (d *Domain) readLoop() {
+	rd := new(reader)
 	for {
 		var r reply
-		fds, err := recvMsg(d.conn, &r)
+		fds, err := rd.recvMsg(d.conn, &r)
 		if err != nil {
 			break
 		}

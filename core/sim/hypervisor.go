@@ -132,8 +132,9 @@ func (h *Hypervisor) Serve(ctx context.Context) error {
 }
 
 func (h *Hypervisor) serveDomain(c *net.UnixConn) {
+	rd := new(reader)
 	var hello request
-	fds, err := recvMsg(c, &hello)
+	fds, err := rd.recvMsg(c, &hello)
 	if err != nil || hello.Op != "hello" {
 		closeAll(fds)
 		c.Close()
@@ -151,7 +152,7 @@ func (h *Hypervisor) serveDomain(c *net.UnixConn) {
 	h.log.Info("sim: domain joined", "dom", d.id, "ram_pages", d.ramPages)
 	for {
 		var req request
-		fds, err := recvMsg(c, &req)
+		fds, err := rd.recvMsg(c, &req)
 		closeAll(fds) // requests after hello carry no descriptors
 		if err != nil {
 			break

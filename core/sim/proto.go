@@ -117,7 +117,8 @@ var (
 	ErrPeerGone   = &CodeError{Code: codePeerGone, Msg: "peer closed the channel"}
 )
 
-const maxMsg = 64 << 10
+// maxMsg bounds one message; the largest (a map reply of 64 frames) is ~1 KiB.
+const maxMsg = 16 << 10
 
 // sendMsg writes one message with optional descriptors.
 func sendMsg(c *net.UnixConn, v any, fds ...int) error {
@@ -133,10 +134,15 @@ func sendMsg(c *net.UnixConn, v any, fds ...int) error {
 	return err
 }
 
+// reader reads messages with buffers reused across reads; one per goroutine.
+type reader struct {
+	buf [maxMsg]byte
+	oob [64]byte // room for the SCM_RIGHTS of up to 8 descriptors
+}
+
 // recvMsg reads one message and any descriptors that came with it.
-func recvMsg(c *net.UnixConn, v any) ([]int, error) {
-	buf := make([]byte, maxMsg)
-	oob := make([]byte, unix.CmsgSpace(4*8))
+func (rd *reader) recvMsg(c *net.UnixConn, v any) ([]int, error) {
+	buf, oob := rd.buf[:], rd.oob[:unix.CmsgSpace(4*8)]
 	n, oobn, flags, _, err := c.ReadMsgUnix(buf, oob)
 	if err != nil {
 		return nil, err
