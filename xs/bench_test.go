@@ -57,4 +57,3 @@ func BenchmarkReadRoundTrip(b *testing.B) {
 		}
 	})
 }
-
