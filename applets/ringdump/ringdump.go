@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -23,18 +26,41 @@ func Command() *cli.Command {
 	return help.WithExamples(&cli.Command{
 		Name:      "ringdump",
 		Usage:     "decode and explain a usbif ring page (urb or conn ring)",
-		ArgsUsage: "[FILE|-]",
+		ArgsUsage: "[FILE|-]  |  --live --domid N [--devid D] [--watch]",
 		Description: "Reads one 4096-byte ring page from FILE (or standard input) and prints the header\n" +
 			"indices and what they mean, every request still waiting for an answer, every response\n" +
 			"still in the page, and every anomaly: producer overflow, more than 16 segments, a\n" +
 			"segment crossing its page, reserved bits, unknown ports, bad conn-ring data.\n" +
-			"The kind comes from --kind, else the file name (*.urb.bin, *.conn.bin), else a guess.",
+			"The kind comes from --kind, else the file name (*.urb.bin, *.conn.bin), else a guess.\n" +
+			"With --live (dom0 on real Xen), it finds the vusb's ring references in XenStore, maps\n" +
+			"both rings read-only through /dev/xen/gntdev and explains them; --watch prints a new\n" +
+			"frame whenever the pages change.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "kind", Usage: "ring kind: urb or conn (default: from the file name, else guessed)"},
 			&cli.BoolFlag{Name: "json", Usage: "print one JSON object instead of text"},
 			&cli.IntFlag{Name: "ports", Value: usbif.MaxPorts, Usage: "the vusb's num-ports, to flag unknown ports (1..31)"},
+			&cli.BoolFlag{Name: "live", Usage: "map a running vusb's rings read-only (real Xen, dom0) instead of reading a file"},
+			&cli.UintFlag{Name: "domid", Usage: "with --live: the frontend's domain"},
+			&cli.UintFlag{Name: "devid", Usage: "with --live: the vusb device id"},
+			&cli.BoolFlag{Name: "watch", Usage: "with --live: print a new frame whenever the rings change"},
+			&cli.DurationFlag{Name: "interval", Value: 200 * time.Millisecond, Usage: "with --watch: how often to look"},
+			&cli.IntFlag{Name: "frames", Usage: "with --watch: stop after this many frames (0: until interrupted)"},
 		},
 		Action: func(c *cli.Context) error {
+			if c.Bool("live") {
+				if !c.IsSet("domid") {
+					return fmt.Errorf("--live needs --domid")
+				}
+				src, err := openXenSource(uint32(c.Uint("domid")), uint32(c.Uint("devid")))
+				if err != nil {
+					return err
+				}
+				defer src.Close()
+				ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+				defer stop()
+				return runLive(ctx, c.App.Writer, src, liveConfig{json: c.Bool("json"), watch: c.Bool("watch"),
+					interval: c.Duration("interval"), frames: c.Int("frames")})
+			}
 			if c.NArg() > 1 {
 				return fmt.Errorf("ringdump takes one FILE, got %d", c.NArg())
 			}
@@ -46,6 +72,8 @@ func Command() *cli.Command {
 		"pvusb ringdump testdata/rings/enumerate.urb.bin",
 		"pvusb ringdump --kind conn --json page.bin | jq .responses",
 		"cat page.bin | pvusb ringdump --ports 8 -",
+		"pvusb ringdump --live --domid 3 --devid 0            # dom0, real Xen",
+		"pvusb ringdump --live --domid 3 --watch --json | jq -c '.urb.requests | length'",
 	)
 }
 
