@@ -6,6 +6,7 @@
 #   ./build.sh deps            install what the tests need (Debian: gcc, libxen-dev, …); needs root
 #   ./build.sh test            deps, then the whole test suite (the README's test command)
 #   ./build.sh fuzz [TIME]     run every fuzz target for TIME each (default 60s)
+#   ./build.sh lab [SCENARIO…] the Xen lab: real Xen + Linux under QEMU (testdata/lab/run.sh)
 #
 # The default build is pure Go, so it is static for free. gousb (cgo +
 # libusb) joins behind the `libusb` build tag in the usbback work; that
@@ -27,7 +28,8 @@ build() {
 applets() { ./pvusb --generate-bash-completion | grep -v '^help$'; }
 
 deps() {
-	local pkgs=(gcc pkg-config libxen-dev libusb-1.0-0-dev xenstore-utils file git) missing=()
+	local pkgs=(gcc pkg-config libxen-dev libusb-1.0-0-dev xenstore-utils file git
+		qemu-system-x86 busybox-static cpio bc make) missing=()
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
 	done
@@ -75,8 +77,12 @@ test)
 	go test -count=1 ./...
 	;;
 fuzz) fuzz "${2:-60s}" ;;
+lab)
+	shift
+	exec testdata/lab/run.sh "$@"
+	;;
 *)
-	sed -n '2,12p' "$0" >&2
+	sed -n '2,13p' "$0" >&2
 	exit 2
 	;;
 esac

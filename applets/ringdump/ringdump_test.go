@@ -139,6 +139,17 @@ func TestJSONShape(t *testing.T) {
 	if d.Kind != "conn" || len(d.Requests) != 511 || d.Responses[0].Portnum == nil || *d.Responses[0].Speed != 2 || d.Requests[0].Port != nil {
 		t.Errorf("conn JSON %+v", d)
 	}
+	// The port-1 event was read and its slot re-posted: the credit (id 0,
+	// at index 512) still carries the event's port and speed bytes.
+	last := d.Requests[len(d.Requests)-1]
+	if e := last.EarlierEvent; e == nil || e.Index != 0 || e.Portnum != 1 || e.Speed != 3 || last.Index != 512 {
+		t.Errorf("earlier event in the re-posted slot: %+v", last)
+	}
+	for _, r := range d.Requests[:len(d.Requests)-1] {
+		if r.EarlierEvent != nil {
+			t.Errorf("slot %d never held a response but shows %+v", r.Slot, r.EarlierEvent)
+		}
+	}
 }
 
 func TestBadInput(t *testing.T) {

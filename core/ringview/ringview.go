@@ -68,6 +68,19 @@ type Request struct {
 	Anomalies     []string  `json:"anomalies,omitempty"`
 	// Taken: the back had consumed it when it last armed req_event.
 	Taken bool `json:"taken"`
+	// EarlierEvent (conn ring): the hot-plug event this slot carried
+	// before the front re-posted it. A conn request is 2 bytes and the
+	// response 4, and xen-hcd writes only the id, so the port and speed
+	// bytes of the answered event survive the re-posted credit.
+	EarlierEvent *ConnEvent `json:"earlier_event,omitempty"`
+}
+
+// ConnEvent is a hot-plug event: a port and the speed now on it.
+type ConnEvent struct {
+	Index     uint32 `json:"index"` // the response's ring index
+	Portnum   uint8  `json:"portnum"`
+	Speed     uint8  `json:"speed"`
+	SpeedName string `json:"speed_name"`
 }
 
 // Isoc is the isochronous part of a request.
@@ -184,6 +197,14 @@ func Analyze(page []byte, kind Kind, numPorts int) (*Dump, error) {
 			var c usbif.ConnRequest
 			c.Decode((*[usbif.ConnRequestSize]byte)(p[off:]))
 			r.ID = c.ID
+			// The response at idx-size was produced (and read, since the
+			// front re-posted over it) if it lies in the last size
+			// responses since index 0.
+			if prev := idx - l.Size; h.RspProd-prev >= 1 && h.RspProd-prev <= l.Size && h.RspProd-prev <= h.RspProd {
+				if port, speed := p[off+2], p[off+3]; port != 0 || speed != 0 {
+					r.EarlierEvent = &ConnEvent{Index: prev, Portnum: port, Speed: speed, SpeedName: usbif.Speed(speed).String()}
+				}
+			}
 		} else {
 			decodeURBRequest(&r, (*[usbif.URBRequestSize]byte)(p[off:]), numPorts)
 			if prev, dup := ids[r.ID]; dup {

@@ -108,8 +108,21 @@ func writeURBRequest(b *strings.Builder, r *Request) {
 	}
 }
 
-// writeConnRequests folds the usual 512 credits into runs of consecutive ids.
+// writeConnRequests folds the usual 512 credits into runs of consecutive
+// ids, then lists the hot-plug events still readable in re-posted slots.
 func writeConnRequests(b *strings.Builder, rs []Request) {
+	defer func() {
+		n := 0
+		for _, r := range rs {
+			if e := r.EarlierEvent; e != nil {
+				if n == 0 {
+					b.WriteString("  hot-plug events answered earlier, still in their re-posted slots (bytes 2-3 survive a credit):\n")
+				}
+				n++
+				fmt.Fprintf(b, "    [%d] slot %d port %d speed %s\n", e.Index, r.Slot, e.Portnum, e.SpeedName)
+			}
+		}
+	}()
 	for i := 0; i < len(rs); {
 		j := i
 		for j+1 < len(rs) && rs[j+1].ID == rs[j].ID+1 {
