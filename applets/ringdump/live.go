@@ -17,13 +17,12 @@ import (
 	"github.com/pvusb/pvusb/xs"
 )
 
-// liveConfig selects a running vusb.
+// liveConfig says how to show a running vusb.
 type liveConfig struct {
-	domid, devid uint32
-	json         bool
-	watch        bool
-	interval     time.Duration
-	frames       int // with watch: stop after this many frames (0 = until interrupted)
+	json     bool
+	watch    bool
+	interval time.Duration
+	frames   int // with watch: stop after this many frames (0 = until interrupted)
 }
 
 // pageSource yields copies of the two live ring pages.

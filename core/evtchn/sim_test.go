@@ -8,27 +8,13 @@ import (
 
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/core/sim/simtest"
 )
 
 func pair(t testing.TB) (*evtchn.Sim, *evtchn.Sim, *sim.Domain, *sim.Domain) {
 	t.Helper()
-	h, err := sim.NewHypervisor(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	d0, err := sim.Join(h.Dir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d1, err := sim.Join(h.Dir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d0.Close(); d1.Close() })
+	h := simtest.Start(t)
+	d0, d1 := simtest.Join(t, h, 0), simtest.Join(t, h, 1)
 	return evtchn.NewSim(d0), evtchn.NewSim(d1), d0, d1
 }
 

@@ -2,34 +2,18 @@ package grant_test
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"testing"
 
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/core/sim/simtest"
 )
 
 func domains(t testing.TB) (*sim.Domain, *sim.Domain) {
 	t.Helper()
-	h, err := sim.NewHypervisor(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	d0, err := sim.Join(h.Dir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d1, err := sim.Join(h.Dir(), 1)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d0.Close(); d1.Close() })
-	return d0, d1
+	h := simtest.Start(t)
+	return simtest.Join(t, h, 0), simtest.Join(t, h, 1)
 }
 
 func TestSimGrantCopyAndChecks(t *testing.T) {

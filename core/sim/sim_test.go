@@ -13,6 +13,7 @@ import (
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/core/sim/simtest"
 	"github.com/pvusb/pvusb/xs"
 )
 
@@ -27,29 +28,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-func startHypervisor(t *testing.T) *sim.Hypervisor {
-	t.Helper()
-	h, err := sim.NewHypervisor(t.TempDir(), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { h.Serve(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	return h
-}
-
-func join(t *testing.T, dir string, dom uint32) *sim.Domain {
-	t.Helper()
-	d, err := sim.Join(dir, dom)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { d.Close() })
-	return d
 }
 
 func ctx10s(t *testing.T) context.Context {
@@ -130,9 +108,9 @@ func granterChild(dir string) error {
 }
 
 func TestMultiProcessSharedMemory(t *testing.T) {
-	h := startHypervisor(t)
+	h := simtest.Start(t)
 	ctx := ctx10s(t)
-	d0 := join(t, h.Dir(), 0)
+	d0 := simtest.Join(t, h, 0)
 	c0, err := xs.Dial(sim.XenStorePath(h.Dir(), 0))
 	if err != nil {
 		t.Fatal(err)

@@ -93,17 +93,12 @@ func (b *Backend) Run(ctx context.Context) error {
 		}
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		if err := ev.wait(ctx, timer); err != nil {
 			disconnect()
-			return ctx.Err()
-		case <-timer:
-			disconnect()
-			return fault(h, be, ETIMEDOUT, "frontend did not connect within %v", b.Timeout)
-		case <-ev.gone:
-			disconnect()
-			return xs.ErrClosed
-		case <-ev.c:
+			if err == errTimeout {
+				return fault(h, be, ETIMEDOUT, "frontend did not connect within %v", b.Timeout)
+			}
+			return err
 		}
 		if !exists(h, be+"/state") {
 			disconnect()

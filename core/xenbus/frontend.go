@@ -86,17 +86,12 @@ func (f *Frontend) Run(ctx context.Context) error {
 		timer = time.After(f.Timeout)
 	}
 	for {
-		select {
-		case <-ctx.Done():
+		if err := ev.wait(ctx, timer); err != nil {
 			disconnect()
-			return ctx.Err()
-		case <-timer:
-			disconnect()
-			return fault(h, fe, ETIMEDOUT, "backend did not reach InitWait within %v", f.Timeout)
-		case <-ev.gone:
-			disconnect()
-			return xs.ErrClosed
-		case <-ev.c:
+			if err == errTimeout {
+				return fault(h, fe, ETIMEDOUT, "backend did not reach InitWait within %v", f.Timeout)
+			}
+			return err
 		}
 		if !exists(h, fe+"/backend") {
 			disconnect()

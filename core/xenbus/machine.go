@@ -1,10 +1,13 @@
 package xenbus
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pvusb/pvusb/xs"
 )
@@ -75,6 +78,24 @@ func watchPaths(c *xs.Client, paths ...string) (*events, error) {
 		}()
 	}
 	return e, nil
+}
+
+// errTimeout is what wait returns when the machine's timer fires.
+var errTimeout = errors.New("xenbus: timed out")
+
+// wait blocks until something may have changed; it returns ctx's error,
+// errTimeout, or xs.ErrClosed when the machine must stop instead.
+func (e *events) wait(ctx context.Context, timer <-chan time.Time) error {
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-timer:
+		return errTimeout
+	case <-e.gone:
+		return xs.ErrClosed
+	case <-e.c:
+		return nil
+	}
 }
 
 func (e *events) close() {
