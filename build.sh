@@ -5,7 +5,7 @@
 #   ./build.sh install DIR     build, then install DIR/pvusb and one symlink per applet
 #   ./build.sh deps            install what the tests need (Debian: gcc, libxen-dev, …); needs root
 #   ./build.sh test            deps, then the whole test suite (the README's test command)
-#   ./build.sh fuzz [TIME]     run every fuzz target for TIME each (default 60s)
+#   ./build.sh fuzz [TIME]     run every fuzz target for TIME each (default 60s; 100000x = a count)
 #   ./build.sh lab [SCENARIO…] the Xen lab: real Xen + Linux under QEMU (testdata/lab/run.sh)
 #
 # The default build is pure Go, so it is static for free. gousb (cgo +
