@@ -27,7 +27,7 @@ type Front struct {
 	conn    *ring.Front[[usbif.ConnRequestSize]byte, [usbif.ConnResponseSize]byte]
 	port    evtchn.Port
 	free    []uint16
-	got     map[uint16]usbif.URBResponse
+	got     map[uint16][]usbif.URBResponse // by id; a lying frontend may reuse ids
 	events  []usbif.ConnResponse
 
 	// Mutate, when set, rewrites each request before it goes on the
@@ -43,7 +43,7 @@ func New(g grant.Granter, ev evtchn.Channels, backDom uint32) (*Front, xenbus.Fr
 		return nil, xenbus.FrontendRings{}, err
 	}
 	b := rings.Bytes()
-	f := &Front{g: g, ev: ev, backDom: backDom, rings: rings, got: map[uint16]usbif.URBResponse{},
+	f := &Front{g: g, ev: ev, backDom: backDom, rings: rings, got: map[uint16][]usbif.URBResponse{},
 		urb:  ring.NewFront[[usbif.URBRequestSize]byte, [usbif.URBResponseSize]byte](b[:ring.PageSize]),
 		conn: ring.NewFront[[usbif.ConnRequestSize]byte, [usbif.ConnResponseSize]byte](b[ring.PageSize:]),
 	}
@@ -108,7 +108,7 @@ func (f *Front) poll() error {
 	for f.urb.NextResponse(&r) {
 		var rsp usbif.URBResponse
 		rsp.Decode(&r)
-		f.got[rsp.ID] = rsp
+		f.got[rsp.ID] = append(f.got[rsp.ID], rsp)
 	}
 	if _, err := f.conn.Poll(); err != nil {
 		return err
@@ -159,10 +159,24 @@ func (f *Front) waitFor(ctx context.Context, cond func() bool) error {
 
 // Wait waits for the response to id and removes it.
 func (f *Front) Wait(ctx context.Context, id uint16) (usbif.URBResponse, error) {
-	err := f.waitFor(ctx, func() bool { _, ok := f.got[id]; return ok })
-	rsp := f.got[id]
-	delete(f.got, id)
-	return rsp, err
+	err := f.waitFor(ctx, func() bool { return len(f.got[id]) > 0 })
+	if err != nil {
+		return usbif.URBResponse{}, err
+	}
+	rsp := f.got[id][0]
+	if f.got[id] = f.got[id][1:]; len(f.got[id]) == 0 {
+		delete(f.got, id)
+	}
+	return rsp, nil
+}
+
+// Collected is how many URB responses arrived and were not yet taken by Wait.
+func (f *Front) Collected() int {
+	n := 0
+	for _, q := range f.got {
+		n += len(q)
+	}
+	return n
 }
 
 // ConnEvent waits for the next hot-plug event.

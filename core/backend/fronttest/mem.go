@@ -195,7 +195,6 @@ type memEvents struct {
 	peer   *memEvents
 	fire   chan evtchn.Port
 	port   evtchn.Port
-	closed bool
 	// Notified counts notifications sent.
 	Notified int
 }
