@@ -54,6 +54,7 @@ fuzz() {
 		./core/ringview:FuzzAnalyze
 		./xs:FuzzReadMsg
 		./xs:FuzzServerConnection
+		./stub/msc:FuzzCDB
 	)
 	for pt in "${targets[@]}"; do
 		echo "== fuzz ${pt#*:} for $t" >&2
