@@ -191,10 +191,10 @@ func (x *memMapping) Unmap() error {
 // memEvents is one end of an event channel. A notification while one is
 // pending coalesces, like Xen's pending bit.
 type memEvents struct {
-	m      *Mem
-	peer   *memEvents
-	fire   chan evtchn.Port
-	port   evtchn.Port
+	m    *Mem
+	peer *memEvents
+	fire chan evtchn.Port
+	port evtchn.Port
 	// Notified counts notifications sent.
 	Notified int
 }
