@@ -127,3 +127,6 @@ type FaultError struct {
 func (e *FaultError) Error() string {
 	return fmt.Sprintf("xenbus %s: %s (errno %d)", e.Dir, e.Msg, e.Errno)
 }
+
+// Key names a port of this device as rules do: "domid:devid:port".
+func (p Paths) Key(port uint8) string { return fmt.Sprintf("%d:%d:%d", p.FrontDom, p.DevID, port) }

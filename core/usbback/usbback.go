@@ -1,0 +1,285 @@
+// Package usbback is the dom0 backend service: for each vusb controller
+// of rules.toml it writes the XenStore nodes as libxl does (or adopts a
+// controller libxl created), runs the backend XenBus machine, serves the
+// connected frontend with a backend.Engine, and keeps the ports filled
+// according to the rules and to port/N nodes written by others.
+package usbback
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+
+	"github.com/pvusb/pvusb/core/backend"
+	"github.com/pvusb/pvusb/core/evtchn"
+	"github.com/pvusb/pvusb/core/grant"
+	"github.com/pvusb/pvusb/core/rules"
+	"github.com/pvusb/pvusb/core/xenbus"
+	"github.com/pvusb/pvusb/stub"
+	"github.com/pvusb/pvusb/stub/msc"
+	"github.com/pvusb/pvusb/xs"
+)
+
+// Platform is the hypervisor the service runs on: real Xen or the simulator.
+type Platform struct {
+	XS     *xs.Client
+	Mapper grant.Mapper
+	// Events opens event channels for one vusb: each engine waits on its own.
+	Events  func() (evtchn.Channels, error)
+	BackDom uint32 // our domain: 0 in dom0
+}
+
+// OpenDevice opens the device a rule names. Emulated devices are built
+// in; host busids need the usbfs layer (issue 5, not yet here).
+func OpenDevice(r rules.Rule) (stub.Device, error) {
+	kind, arg, ok := r.Emulated()
+	if !ok {
+		return nil, fmt.Errorf("device %s: host devices are not served yet (only emu-msc:PATH)", r.Device)
+	}
+	switch kind {
+	case "msc":
+		return msc.Open(arg, false)
+	}
+	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc)", r.Device, kind)
+}
+
+// Service serves every controller of a configuration. Safe for
+// concurrent use.
+type Service struct {
+	cfg  *rules.Config
+	p    Platform
+	log  *slog.Logger
+	open func(rules.Rule) (stub.Device, error)
+
+	mu    sync.Mutex
+	ctrls map[[2]uint32]*controller
+}
+
+// New builds the service; Run starts it.
+func New(cfg *rules.Config, p Platform, log *slog.Logger) *Service {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Service{cfg: cfg, p: p, log: log, open: OpenDevice, ctrls: map[[2]uint32]*controller{}}
+	for _, c := range cfg.Controllers {
+		ct := &controller{s: s, c: c, paths: xenbus.NewPaths(c.Domid, p.BackDom, c.Devid, cfg.BackendType),
+			rules: map[uint8]rules.Rule{}, log: log.With("dom", c.Domid, "devid", c.Devid)}
+		s.ctrls[[2]uint32{c.Domid, c.Devid}] = ct
+	}
+	for _, r := range cfg.Parsed {
+		if r.Device != "" { // VID:PID matches need host enumeration
+			s.ctrls[[2]uint32{r.Dom, r.VUSB}].rules[r.Port] = r
+		}
+	}
+	return s
+}
+
+// Run serves until ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	for _, ct := range s.ctrls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ct.run(ctx)
+		}()
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
+// controller is one vusb: its XenBus machine and, while connected, its engine.
+type controller struct {
+	s     *Service
+	c     rules.Controller
+	paths xenbus.Paths
+	log   *slog.Logger
+
+	mu     sync.Mutex
+	rules  map[uint8]rules.Rule // port -> rule
+	eng    *backend.Engine
+	cancel context.CancelFunc
+	done   chan struct{}
+	ev     evtchn.Channels
+	cfg    xenbus.BackendConfig
+	ports  map[uint8]string // what is plugged: port -> device string
+}
+
+func (ct *controller) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		if ct.c.Create {
+			if err := ct.create(ctx); err != nil {
+				ct.log.Error("usbback: creating the controller's XenStore nodes", "err", err)
+				return
+			}
+		}
+		b := &xenbus.Backend{C: ct.s.p.XS, P: ct.paths, Driver: ct, Log: ct.log}
+		err := b.Run(ctx)
+		ct.Disconnect()
+		switch {
+		case ctx.Err() != nil:
+			return
+		case err == nil:
+			ct.log.Info("usbback: controller removed")
+			if !ct.c.Create {
+				return // libxl removed it; it will create it again
+			}
+		default:
+			ct.log.Error("usbback: controller failed", "err", err)
+			return
+		}
+	}
+}
+
+// create writes the controller's nodes in one transaction, as libxl's
+// usbctrl-attach does (usbif-protocol.md §2.3), with its permissions:
+// the frontend dir owned by the guest and readable by us, the backend
+// dir ours and readable by the guest.
+func (ct *controller) create(ctx context.Context) error {
+	fe, be, f, b := ct.paths.Frontend, ct.paths.Backend, ct.c.Domid, ct.s.p.BackDom
+	feNodes := [][2]string{{"backend", be}, {"backend-id", u(b)}, {"state", "1"}}
+	beNodes := [][2]string{{"frontend", fe}, {"frontend-id", u(f)}, {"online", "1"}, {"state", "1"},
+		{"type", ct.s.cfg.BackendType}, {"usb-ver", strconv.Itoa(ct.c.USBVer)}, {"num-ports", strconv.Itoa(ct.c.Ports)}, {"port", ""}}
+	for p := 1; p <= ct.c.Ports; p++ {
+		beNodes = append(beNodes, [2]string{"port/" + strconv.Itoa(p), ""})
+	}
+	fePerms := []xs.Perm{{Dom: f, Access: xs.AccessNone}, {Dom: b, Access: xs.AccessRead}}
+	bePerms := []xs.Perm{{Dom: b, Access: xs.AccessNone}, {Dom: f, Access: xs.AccessRead}}
+	return ct.s.p.XS.Transaction(ctx, func(tx xs.Handle) error {
+		if err := tx.Rm(fe); err != nil && !errors.Is(err, xs.ENOENT) {
+			return err
+		}
+		if err := tx.Rm(be); err != nil && !errors.Is(err, xs.ENOENT) {
+			return err
+		}
+		for _, d := range []struct {
+			dir   string
+			nodes [][2]string
+			perms []xs.Perm
+		}{{fe, feNodes, fePerms}, {be, beNodes, bePerms}} {
+			if err := tx.Mkdir(d.dir); err != nil {
+				return err
+			}
+			if err := tx.SetPerms(d.dir, d.perms...); err != nil {
+				return err
+			}
+			for _, kv := range d.nodes {
+				p := d.dir + "/" + kv[0]
+				if err := tx.WriteString(p, kv[1]); err != nil {
+					return err
+				}
+				if err := tx.SetPerms(p, d.perms...); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}
+
+func u(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
+
+// Init is the XenBus Init step: the configuration libxl (or we) wrote.
+func (ct *controller) Init(cfg xenbus.BackendConfig) error {
+	ct.mu.Lock()
+	ct.cfg = cfg
+	ct.mu.Unlock()
+	return nil
+}
+
+// Connect starts an engine on the frontend's rings and fills the ports.
+func (ct *controller) Connect(r xenbus.FrontendRings) error {
+	ev, err := ct.s.p.Events()
+	if err != nil {
+		return err
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	eng, err := backend.New(backend.Config{Dom: ct.c.Domid, DevID: ct.c.Devid, NumPorts: ct.cfg.NumPorts,
+		Mapper: ct.s.p.Mapper, Events: ev, Log: ct.log}, r)
+	if err != nil {
+		ev.Close()
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ct.eng, ct.cancel, ct.done, ct.ev, ct.ports = eng, cancel, make(chan struct{}), ev, map[uint8]string{}
+	go func() {
+		defer close(ct.done)
+		if err := eng.Run(ctx); err != nil && ctx.Err() == nil {
+			// The frontend broke the ring: quarantine this vusb only.
+			ct.log.Error("usbback: closing the vusb", "err", err)
+			_ = xenbus.Fatal(ct.s.p.XS.Handle, ct.paths.Backend, xenbus.EPROTO, "%v", err)
+		}
+	}()
+	ct.syncPortsLocked()
+	return nil
+}
+
+// Disconnect stops the engine (it closes the devices and unmaps).
+func (ct *controller) Disconnect() {
+	ct.mu.Lock()
+	cancel, done, ev := ct.cancel, ct.done, ct.ev
+	ct.eng, ct.cancel, ct.done, ct.ev = nil, nil, nil, nil
+	ct.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+		ev.Close()
+	}
+}
+
+// Changed re-reads port/N: nodes written by others (libxl) are honoured.
+func (ct *controller) Changed() {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	ct.syncPortsLocked()
+}
+
+// syncPortsLocked makes the engine's ports match the rules and the port/N
+// nodes: a rule wins over an empty node; a node naming a device adds it.
+func (ct *controller) syncPortsLocked() {
+	if ct.eng == nil {
+		return
+	}
+	h := ct.s.p.XS.Handle
+	for p := uint8(1); int(p) <= ct.cfg.NumPorts; p++ {
+		node := ct.paths.Backend + "/port/" + strconv.Itoa(int(p))
+		want, _ := h.ReadString(node)
+		if r, ok := ct.rules[p]; ok && want == "" {
+			want = r.Device
+			_ = h.WriteString(node, want) // as libxl records an assignment
+		}
+		have := ct.ports[p]
+		if want == have {
+			continue
+		}
+		if have != "" {
+			if err := ct.eng.Unplug(p); err != nil {
+				ct.log.Warn("usbback: unplug", "port", p, "err", err)
+			}
+			delete(ct.ports, p)
+		}
+		if want == "" {
+			continue
+		}
+		r, err := rules.Parse(want + ":" + ct.paths.Key(p))
+		if err != nil {
+			ct.log.Warn("usbback: port node names no device we know", "port", p, "value", want, "err", err)
+			continue
+		}
+		dev, err := ct.s.open(r)
+		if err != nil {
+			ct.log.Warn("usbback: cannot open the device", "port", p, "err", err)
+			continue
+		}
+		if err := ct.eng.Plug(p, dev); err != nil {
+			dev.Close()
+			ct.log.Warn("usbback: plug", "port", p, "err", err)
+			continue
+		}
+		ct.ports[p] = want
+	}
+}
