@@ -54,8 +54,7 @@ type Service struct {
 	log  *slog.Logger
 	open func(rules.Rule) (stub.Device, error)
 
-	mu    sync.Mutex
-	ctrls map[[2]uint32]*controller
+	ctrls map[[2]uint32]*controller // fixed after New
 }
 
 // New builds the service; Run starts it.

@@ -151,7 +151,13 @@ func (f *Front) waitFor(ctx context.Context, cond func() bool) error {
 		if more || cmore {
 			continue
 		}
-		if _, err := f.ev.Wait(ctx); err != nil {
+		p, err := f.ev.Wait(ctx)
+		if err != nil {
+			return err
+		}
+		// A fired port stays masked until written back (Xen's rule): the
+		// rings are re-checked at the top of the loop, so unmask now.
+		if err := f.ev.Unmask(p); err != nil {
 			return err
 		}
 	}

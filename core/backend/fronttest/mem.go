@@ -188,13 +188,17 @@ func (x *memMapping) Unmap() error {
 	return nil
 }
 
-// memEvents is one end of an event channel. A notification while one is
-// pending coalesces, like Xen's pending bit.
+// memEvents is one end of an event channel with Xen's rules: a
+// notification while one is pending coalesces (the pending bit), and a
+// port that fired stays masked until Unmask, notifications meanwhile
+// latched and delivered on unmask.
 type memEvents struct {
-	m    *Mem
-	peer *memEvents
-	fire chan evtchn.Port
-	port evtchn.Port
+	m       *Mem
+	peer    *memEvents
+	fire    chan evtchn.Port
+	port    evtchn.Port
+	masked  bool // fired, not yet unmasked; guarded by m.mu
+	latched bool // notified while masked; guarded by m.mu
 	// Notified counts notifications sent.
 	Notified int
 }
@@ -211,9 +215,15 @@ func (e *memEvents) Unbind(evtchn.Port) error { return nil }
 func (e *memEvents) Notify(evtchn.Port) error {
 	e.m.mu.Lock()
 	e.Notified++
+	p := e.peer
+	if p.masked {
+		p.latched = true
+		e.m.mu.Unlock()
+		return nil
+	}
 	e.m.mu.Unlock()
 	select {
-	case e.peer.fire <- e.peer.port:
+	case p.fire <- p.port:
 	default:
 	}
 	return nil
@@ -221,10 +231,25 @@ func (e *memEvents) Notify(evtchn.Port) error {
 func (e *memEvents) Wait(ctx context.Context) (evtchn.Port, error) {
 	select {
 	case p := <-e.fire:
+		e.m.mu.Lock()
+		e.masked = true
+		e.m.mu.Unlock()
 		return p, nil
 	case <-ctx.Done():
 		return 0, ctx.Err()
 	}
 }
-func (e *memEvents) Unmask(evtchn.Port) error { return nil }
-func (e *memEvents) Close() error             { return nil }
+func (e *memEvents) Unmask(evtchn.Port) error {
+	e.m.mu.Lock()
+	fire := e.masked && e.latched
+	e.masked, e.latched = false, false
+	e.m.mu.Unlock()
+	if fire {
+		select {
+		case e.fire <- e.port:
+		default:
+		}
+	}
+	return nil
+}
+func (e *memEvents) Close() error { return nil }
