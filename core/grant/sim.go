@@ -11,12 +11,34 @@ import (
 
 // SimMapper maps grants through the simulated hypervisor: the hypervisor
 // checks each grant entry and hands over the granter's RAM descriptor
-// (read-only for a read-only map); we mmap exactly the granted frames,
+// (read-only for a read-only map); Map mmaps exactly the granted frames,
 // side by side in one reserved range.
-type SimMapper struct{ d *sim.Domain }
+//
+// Copy is the data path: one checked map request per direction for all
+// segments, then plain copies through a cached view of the granter's RAM,
+// then one unmap request. The grants are marked in use for the duration,
+// so the granter cannot end access mid-copy, as on Xen. The cached view
+// means this process can reach all of the granter's RAM: acceptable for a
+// simulator of a privileged dom0; real Xen checks every page.
+type SimMapper struct {
+	d *sim.Domain
+
+	mu    sync.Mutex
+	views map[viewKey]*ramView
+}
+
+type viewKey struct {
+	dom      uint32
+	writable bool
+}
+
+type ramView struct {
+	gen uint64
+	b   []byte
+}
 
 // NewSimMapper maps grants as domain d.
-func NewSimMapper(d *sim.Domain) *SimMapper { return &SimMapper{d: d} }
+func NewSimMapper(d *sim.Domain) *SimMapper { return &SimMapper{d: d, views: map[viewKey]*ramView{}} }
 
 func simErr(op string, dom uint32, ref Ref, err error, writable bool) error {
 	if writable && errors.Is(err, sim.ErrPermission) {
@@ -34,17 +56,17 @@ func (m *SimMapper) Map(dom uint32, refs []Ref, writable bool) (Mapping, error) 
 	for i, r := range refs {
 		raw[i] = uint32(r)
 	}
-	frames, handle, fd, err := m.d.MapGrants(dom, raw, writable)
+	mp, err := m.d.MapGrants(dom, raw, writable)
 	if err != nil {
 		return nil, simErr("map", dom, refs[0], err, writable)
 	}
-	defer unix.Close(fd)
-	b, err := mapFrames(fd, frames, writable)
+	defer unix.Close(mp.RAMFD)
+	b, err := mapFrames(mp.RAMFD, mp.Frames, writable)
 	if err != nil {
-		_ = m.d.UnmapGrants(handle)
+		_ = m.d.UnmapGrants(mp.Handle)
 		return nil, &OpError{Op: "map", Dom: dom, Ref: refs[0], Err: err}
 	}
-	return &simMapping{m: m, b: b, handle: handle, dom: dom, ref: refs[0]}, nil
+	return &simMapping{m: m, b: b, handle: mp.Handle, dom: dom, ref: refs[0]}, nil
 }
 
 type simMapping struct {
@@ -74,36 +96,130 @@ func (s *simMapping) Unmap() error {
 	return s.err
 }
 
-// Copy maps each segment's grant, copies, and unmaps: grant copy as a
-// sequence of checked one-page mappings.
+// Copy performs the copies: per granting domain and direction, one
+// checked map request for all the segments, copies through the cached
+// RAM view, one unmap request. If a batch is refused, the segments are
+// tried one by one so each gets its own status.
 func (m *SimMapper) Copy(segs []CopySegment) error {
 	if len(segs) > MaxBatch {
 		return checkBatch("copy", segs[0].Dom, len(segs))
 	}
 	var first error
+	note := func(s *CopySegment) {
+		if s.Status != StatusOkay && first == nil {
+			first = &OpError{Op: "copy", Dom: s.Dom, Ref: s.Ref, Err: s.Status}
+		}
+	}
+	var refs [MaxBatch]uint32
+	var idx [MaxBatch]int
+	var done [MaxBatch]bool
+	for _, toGrant := range [2]bool{false, true} {
+		for i := range segs {
+			if done[i] || segs[i].ToGrant != toGrant {
+				continue
+			}
+			dom, n := segs[i].Dom, 0
+			for j := i; j < len(segs); j++ {
+				s := &segs[j]
+				if done[j] || s.ToGrant != toGrant || s.Dom != dom {
+					continue
+				}
+				done[j] = true
+				if len(s.Local) > PageSize || int(s.Offset)+len(s.Local) > PageSize {
+					s.Status = StatusBadCopyArg
+					continue
+				}
+				refs[n], idx[n] = uint32(s.Ref), j
+				n++
+			}
+			if n == 0 {
+				continue
+			}
+			if err := m.copyBatch(segs, dom, toGrant, refs[:n], idx[:n]); err != nil {
+				for _, j := range idx[:n] {
+					m.copyOne(&segs[j])
+				}
+			}
+		}
+	}
 	for i := range segs {
-		s := &segs[i]
-		if len(s.Local) > PageSize || int(s.Offset)+len(s.Local) > PageSize {
-			s.Status = StatusBadCopyArg
-		} else if mp, err := m.Map(s.Dom, []Ref{s.Ref}, s.ToGrant); err != nil {
-			s.Status = statusOf(err)
-		} else {
-			page := mp.Bytes()[s.Offset:]
-			if s.ToGrant {
+		note(&segs[i])
+	}
+	return first
+}
+
+// copyBatch copies the segments at idx (all of dom, one direction) under
+// one map request.
+func (m *SimMapper) copyBatch(segs []CopySegment, dom uint32, toGrant bool, refs []uint32, idx []int) error {
+	mp, err := m.d.MapGrants(dom, refs, toGrant)
+	if err != nil {
+		return err
+	}
+	view, verr := m.view(dom, toGrant, mp)
+	unix.Close(mp.RAMFD)
+	if verr == nil {
+		for k, j := range idx {
+			s := &segs[j]
+			page := view[int(mp.Frames[k])*PageSize+int(s.Offset):]
+			if toGrant {
 				copy(page, s.Local)
 			} else {
 				copy(s.Local, page)
 			}
 			s.Status = StatusOkay
-			if err := mp.Unmap(); err != nil {
-				s.Status = StatusGeneralError
-			}
-		}
-		if s.Status != StatusOkay && first == nil {
-			first = &OpError{Op: "copy", Dom: s.Dom, Ref: s.Ref, Err: s.Status}
 		}
 	}
-	return first
+	if err := m.d.UnmapGrants(mp.Handle); err != nil && verr == nil {
+		verr = err
+	}
+	return verr
+}
+
+// view is a cached mapping of the granter's whole RAM, remade when the
+// domain is a new incarnation.
+func (m *SimMapper) view(dom uint32, writable bool, mp sim.Mapped) ([]byte, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	k := viewKey{dom, writable}
+	if v := m.views[k]; v != nil && v.gen == mp.Gen {
+		return v.b, nil
+	} else if v != nil {
+		unix.Munmap(v.b)
+		delete(m.views, k)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(mp.RAMFD, &st); err != nil {
+		return nil, err
+	}
+	prot := unix.PROT_READ
+	if writable {
+		prot |= unix.PROT_WRITE
+	}
+	b, err := unix.Mmap(mp.RAMFD, 0, int(st.Size), prot, unix.MAP_SHARED)
+	if err != nil {
+		return nil, err
+	}
+	m.views[k] = &ramView{gen: mp.Gen, b: b}
+	return b, nil
+}
+
+// copyOne copies one segment through a one-page mapping, setting its status.
+func (m *SimMapper) copyOne(s *CopySegment) {
+	mp, err := m.Map(s.Dom, []Ref{s.Ref}, s.ToGrant)
+	if err != nil {
+		s.Status = statusOf(err)
+		return
+	}
+	page := mp.Bytes()[s.Offset:]
+	if s.ToGrant {
+		copy(page, s.Local)
+	} else {
+		copy(s.Local, page)
+	}
+	s.Status = StatusOkay
+	if err := mp.Unmap(); err != nil {
+		s.Status = StatusGeneralError
+	}
 }
 
 func statusOf(err error) Status {
@@ -118,8 +234,16 @@ func statusOf(err error) Status {
 	return StatusGeneralError
 }
 
-// Close does nothing: mappings belong to the domain's connection.
-func (m *SimMapper) Close() error { return nil }
+// Close drops the cached RAM views; mappings belong to the domain's connection.
+func (m *SimMapper) Close() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for k, v := range m.views {
+		unix.Munmap(v.b)
+		delete(m.views, k)
+	}
+	return nil
+}
 
 // SimGranter grants pages of the domain's simulated RAM.
 type SimGranter struct{ d *sim.Domain }

@@ -221,20 +221,26 @@ func (d *Domain) call(req request) (reply, []int, error) {
 	return res.r, res.fds, nil
 }
 
-// MapGrants asks the hypervisor to map refs of dom. It returns the frame
-// of each ref in the granter's RAM, a handle for UnmapGrants, and a
-// descriptor of the granter's RAM (read-only unless writable) that the
-// caller mmaps at those frames and then closes.
-func (d *Domain) MapGrants(dom uint32, refs []uint32, writable bool) (frames []uint32, handle uint64, ramFD int, err error) {
+// Mapped is the answer to MapGrants.
+type Mapped struct {
+	Frames []uint32 // each ref's frame in the granter's RAM
+	Handle uint64   // for UnmapGrants
+	RAMFD  int      // the granter's RAM, read-only unless writable: mmap, then close
+	Gen    uint64   // the granter's incarnation, to key a cached view of its RAM
+}
+
+// MapGrants asks the hypervisor to check and mark refs of dom as mapped
+// (until UnmapGrants) and to hand over the granter's RAM.
+func (d *Domain) MapGrants(dom uint32, refs []uint32, writable bool) (Mapped, error) {
 	r, fds, err := d.call(request{Op: "map", Dom: dom, Refs: refs, Writable: writable})
 	if err != nil {
-		return nil, 0, -1, err
+		return Mapped{RAMFD: -1}, err
 	}
 	if len(r.Frames) != len(refs) {
 		closeAll(fds)
-		return nil, 0, -1, fmt.Errorf("sim map: %d frames for %d refs", len(r.Frames), len(refs))
+		return Mapped{RAMFD: -1}, fmt.Errorf("sim map: %d frames for %d refs", len(r.Frames), len(refs))
 	}
-	return r.Frames, r.Handle, fds[0], nil
+	return Mapped{Frames: r.Frames, Handle: r.Handle, RAMFD: fds[0], Gen: r.Gen}, nil
 }
 
 // UnmapGrants releases a mapping made by MapGrants.

@@ -309,7 +309,7 @@ func (h *Hypervisor) mapGrants(d *domain, req request) (reply, []int) {
 	if req.Writable {
 		fd = g.ramFD
 	}
-	return reply{Frames: frames, Handle: h.nextHandle, FDs: []string{"ram"}}, []int{fd}
+	return reply{Frames: frames, Handle: h.nextHandle, Gen: g.gen, FDs: []string{"ram"}}, []int{fd}
 }
 
 // trackLocked counts a mapping and sets the entry's reading/writing flags

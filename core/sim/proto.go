@@ -76,6 +76,9 @@ type reply struct {
 	Frames []uint32 `json:"frames,omitempty"`
 	Handle uint64   `json:"handle,omitempty"`
 	Port   uint32   `json:"port,omitempty"`
+	// Gen is the granter's incarnation (a map reply): a domid that left and
+	// joined again is a new domain with new RAM.
+	Gen uint64 `json:"gen,omitempty"`
 	// FDs names what the attached descriptors are, in order.
 	FDs []string `json:"fds,omitempty"`
 	// Event is set on messages the hypervisor sends unasked.
