@@ -12,6 +12,8 @@ import (
 
 	"github.com/pvusb/pvusb/applets/ringdump"
 	"github.com/pvusb/pvusb/applets/sim"
+	"github.com/pvusb/pvusb/applets/usbback"
+	"github.com/pvusb/pvusb/applets/vportctl"
 )
 
 // Name is the binary's name, whatever it was invoked as.
@@ -21,6 +23,8 @@ const Name = "pvusb"
 // applets that work are listed; a duplicate name panics at start.
 func All() []*cli.Command {
 	cmds := []*cli.Command{
+		usbback.Command(),
+		vportctl.Command(),
 		sim.Command(),
 		ringdump.Command(),
 	}

@@ -42,7 +42,7 @@ func Command() *cli.Command {
 	},
 		"pvusb sim --dir /run/pvusb-sim &",
 		"XENSTORED_PATH=/run/pvusb-sim/xenstored.sock xenstore-ls /",
-		"pvusb usbback --sim /run/pvusb-sim -c rules.toml   # joins as dom0 (usbback issue)",
+		"pvusb usbback -c rules.toml   # with sim = DIR in rules.toml it joins as dom0",
 	)
 }
 

@@ -85,6 +85,39 @@ type portState struct {
 	speed      usbif.Speed
 	inflight   int
 	unplugging bool
+	stats      PortStats
+}
+
+// PortStats counts one port's traffic since its device was plugged.
+type PortStats struct {
+	Speed    usbif.Speed
+	VIDPID   [2]uint16 // from the device descriptor
+	InFlight int
+	URBs     uint64 // answered transfers
+	Bytes    uint64
+	Errors   uint64 // answered with a non-zero status
+}
+
+// Ports returns the counters of ports 1..NumPorts (index 0 unused); a
+// port without a device has Speed SpeedNone.
+func (e *Engine) Ports() []PortStats {
+	out := make([]PortStats, e.cfg.NumPorts+1)
+	_ = e.do(func() error {
+		for p := 1; p <= e.cfg.NumPorts; p++ {
+			ps := e.ports[p]
+			if ps.dev == nil {
+				continue
+			}
+			st := ps.stats
+			st.Speed, st.InFlight = ps.speed, ps.inflight
+			if d := ps.dev.DeviceDescriptor(); len(d) >= 12 {
+				st.VIDPID = [2]uint16{uint16(d[8]) | uint16(d[9])<<8, uint16(d[10]) | uint16(d[11])<<8}
+			}
+			out[p] = st
+		}
+		return nil
+	})
+	return out
 }
 
 // slot is one request handed to a device, with everything it needs
@@ -344,6 +377,7 @@ func (e *Engine) handle(raw *[usbif.URBRequestSize]byte) {
 	}
 	if req.Pipe.Type() == usbif.TypeCtrl {
 		if done := e.intercept(req, port); done {
+			e.ports[port].stats.URBs++ // answered here, but a URB of the port all the same
 			return
 		}
 	}
@@ -496,6 +530,12 @@ func (e *Engine) complete(t *stub.Transfer) {
 		actual = min(actual, s.length)
 	}
 	e.respond(s.req.ID, st, actual)
+	ps := &e.ports[s.port].stats
+	ps.URBs++
+	ps.Bytes += uint64(actual)
+	if st != usbif.StatusOK {
+		ps.Errors++
+	}
 	for i := 0; i < s.nUnlinks; i++ {
 		e.respond(s.unlinks[i], usbif.StatusOK, 0)
 	}

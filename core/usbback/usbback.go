@@ -115,7 +115,7 @@ func (ct *controller) run(ctx context.Context) {
 				return
 			}
 		}
-		b := &xenbus.Backend{C: ct.s.p.XS, P: ct.paths, Driver: ct, Log: ct.log}
+		b := &xenbus.Backend{C: ct.s.p.XS, P: ct.paths, Driver: ct, Log: ct.s.log} // it adds dom and devid itself
 		err := b.Run(ctx)
 		ct.Disconnect()
 		switch {
@@ -198,7 +198,7 @@ func (ct *controller) Connect(r xenbus.FrontendRings) error {
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
 	eng, err := backend.New(backend.Config{Dom: ct.c.Domid, DevID: ct.c.Devid, NumPorts: ct.cfg.NumPorts,
-		Mapper: ct.s.p.Mapper, Events: ev, Log: ct.log}, r)
+		Mapper: ct.s.p.Mapper, Events: ev, Log: ct.s.log}, r) // the engine adds dom and devid
 	if err != nil {
 		ev.Close()
 		return err

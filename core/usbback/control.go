@@ -1,0 +1,270 @@
+package usbback
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/pvusb/pvusb/core/rules"
+)
+
+// Request is one control-socket request: one JSON object per connection.
+type Request struct {
+	Op   string `json:"op"`             // "add", "del", "list", "stats"
+	Rule string `json:"rule,omitempty"` // add: a rule; del: a rule or "domid:vusb:port"
+}
+
+// Response answers a Request.
+type Response struct {
+	Error string     `json:"error,omitempty"`
+	Ports []PortInfo `json:"ports,omitempty"`
+}
+
+// PortInfo is one vusb port as `vportctl list` shows it.
+type PortInfo struct {
+	Dom      uint32 `json:"domid"`
+	VUSB     uint32 `json:"vusb"`
+	Port     uint8  `json:"port"`
+	Rule     string `json:"rule,omitempty"`   // the rule that fills it
+	Device   string `json:"device,omitempty"` // what port/N names
+	State    string `json:"state"`            // plugged, empty, waiting (frontend not connected)
+	Speed    string `json:"speed,omitempty"`
+	VIDPID   string `json:"vidpid,omitempty"`
+	InFlight int    `json:"in_flight"`
+	URBs     uint64 `json:"urbs"`
+	Bytes    uint64 `json:"bytes"`
+	Errors   uint64 `json:"errors"`
+}
+
+// Add puts a rule on its port, live: the port/N node records it and the
+// device is plugged if the frontend is connected.
+func (s *Service) Add(r rules.Rule) error {
+	ct := s.ctrls[[2]uint32{r.Dom, r.VUSB}]
+	if ct == nil {
+		return fmt.Errorf("no controller dom%d/%d", r.Dom, r.VUSB)
+	}
+	if int(r.Port) > ct.c.Ports {
+		return fmt.Errorf("port %d of a %d-port controller", r.Port, ct.c.Ports)
+	}
+	if r.Device == "" {
+		return errors.New("VID:PID rules need host enumeration, not yet served")
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	node := ct.paths.Backend + "/port/" + strconv.Itoa(int(r.Port))
+	if v, _ := s.p.XS.ReadString(node); v != "" || ct.rules[r.Port].Device != "" {
+		return fmt.Errorf("port %s is in use", r.Key())
+	}
+	ct.rules[r.Port] = r
+	if err := s.p.XS.WriteString(node, r.Device); err != nil {
+		delete(ct.rules, r.Port)
+		return err
+	}
+	ct.syncPortsLocked()
+	return nil
+}
+
+// Del empties a port, live: in-flight URBs are answered, then the
+// frontend sees the device leave.
+func (s *Service) Del(dom, vusb uint32, port uint8) error {
+	ct := s.ctrls[[2]uint32{dom, vusb}]
+	if ct == nil {
+		return fmt.Errorf("no controller dom%d/%d", dom, vusb)
+	}
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	delete(ct.rules, port)
+	if err := s.p.XS.WriteString(ct.paths.Backend+"/port/"+strconv.Itoa(int(port)), ""); err != nil {
+		return err
+	}
+	ct.syncPortsLocked()
+	return nil
+}
+
+// List describes every port of every controller.
+func (s *Service) List() []PortInfo {
+	var out []PortInfo
+	for _, ct := range s.ctrls {
+		ct.mu.Lock()
+		var stats []PortInfo
+		var eng = ct.eng
+		ct.mu.Unlock()
+		var ps = make(map[uint8]PortInfo)
+		if eng != nil {
+			for p, st := range eng.Ports() {
+				if p == 0 || st.Speed == 0 {
+					continue
+				}
+				ps[uint8(p)] = PortInfo{Speed: st.Speed.String(), VIDPID: fmt.Sprintf("%04x:%04x", st.VIDPID[0], st.VIDPID[1]),
+					InFlight: st.InFlight, URBs: st.URBs, Bytes: st.Bytes, Errors: st.Errors}
+			}
+		}
+		ct.mu.Lock()
+		for p := uint8(1); int(p) <= ct.c.Ports; p++ {
+			pi := ps[p]
+			pi.Dom, pi.VUSB, pi.Port = ct.c.Domid, ct.c.Devid, p
+			if r, ok := ct.rules[p]; ok {
+				pi.Rule = r.String()
+			}
+			pi.Device = ct.ports[p]
+			switch {
+			case eng == nil:
+				pi.State = "waiting"
+			case pi.Speed != "":
+				pi.State = "plugged"
+			default:
+				pi.State = "empty"
+			}
+			stats = append(stats, pi)
+		}
+		ct.mu.Unlock()
+		out = append(out, stats...)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.Dom != b.Dom {
+			return a.Dom < b.Dom
+		}
+		if a.VUSB != b.VUSB {
+			return a.VUSB < b.VUSB
+		}
+		return a.Port < b.Port
+	})
+	return out
+}
+
+// Listen opens the control socket at path, mode 0600 (root only).
+func Listen(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	_ = os.Remove(path)
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Serve answers control requests on l until ctx ends.
+func (s *Service) Serve(ctx context.Context, l net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		l.Close()
+	}()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go s.answer(c)
+	}
+}
+
+// maxRequest bounds a control request; anything longer is refused.
+const maxRequest = 4096
+
+func (s *Service) answer(c net.Conn) {
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	line, err := bufio.NewReaderSize(&limitedReader{c, maxRequest}, maxRequest).ReadBytes('\n')
+	var rsp Response
+	var req Request
+	switch {
+	case err != nil && len(line) == 0:
+		rsp.Error = "empty or oversized request"
+	case json.Unmarshal(line, &req) != nil:
+		rsp.Error = "request is not a JSON object"
+	default:
+		rsp = s.Do(req)
+	}
+	_ = json.NewEncoder(c).Encode(rsp)
+}
+
+// Do carries out one request.
+func (s *Service) Do(req Request) Response {
+	fail := func(err error) Response { return Response{Error: err.Error()} }
+	switch req.Op {
+	case "add":
+		r, err := rules.Parse(req.Rule)
+		if err != nil {
+			return fail(err)
+		}
+		if err := s.Add(r); err != nil {
+			return fail(err)
+		}
+		s.log.Info("usbback: rule added", "rule", r.String())
+		return Response{}
+	case "del":
+		dom, vusb, port, err := rules.ParseKey(req.Rule)
+		if err != nil {
+			r, perr := rules.Parse(req.Rule)
+			if perr != nil {
+				return fail(fmt.Errorf("%q is neither a rule nor domid:vusb:port", req.Rule))
+			}
+			dom, vusb, port = r.Dom, r.VUSB, r.Port
+		}
+		if err := s.Del(dom, vusb, port); err != nil {
+			return fail(err)
+		}
+		s.log.Info("usbback: port emptied", "port", fmt.Sprintf("%d:%d:%d", dom, vusb, port))
+		return Response{}
+	case "list", "stats":
+		return Response{Ports: s.List()}
+	}
+	return fail(fmt.Errorf("unknown operation %q (add, del, list, stats)", req.Op))
+}
+
+type limitedReader struct {
+	c net.Conn
+	n int
+}
+
+func (l *limitedReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		return 0, errors.New("request too long")
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.c.Read(p)
+	l.n -= n
+	return n, err
+}
+
+// Call sends one request to a control socket.
+func Call(path string, req Request) (Response, error) {
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		return Response{}, fmt.Errorf("reach usbback at %s: %w", path, err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	b, _ := json.Marshal(req)
+	if _, err := c.Write(append(b, '\n')); err != nil {
+		return Response{}, err
+	}
+	var rsp Response
+	if err := json.NewDecoder(c).Decode(&rsp); err != nil {
+		return Response{}, fmt.Errorf("usbback's answer: %w", err)
+	}
+	if rsp.Error != "" {
+		return rsp, errors.New(rsp.Error)
+	}
+	return rsp, nil
+}
