@@ -516,6 +516,13 @@ func (e *Engine) complete(t *stub.Transfer) {
 		return // not ours: a device bug, never trust it
 	}
 	st, actual := t.Status, t.Actual
+	if st == usbif.StatusRemoteIO {
+		// A short IN under SHORT_NOT_OK: usbif has no status for it, and
+		// xen-hcd turns any status outside usbif's list into -ESHUTDOWN, a
+		// fatal error for usb-storage. QEMU answers status 0 with the short
+		// length (usbif-protocol.md §6.11); so do we.
+		st = usbif.StatusOK
+	}
 	if actual < 0 || actual > s.length {
 		actual, st = 0, usbif.StatusShutdown // a device claiming more than it was given
 	}

@@ -3,9 +3,10 @@
 # under a timeout, and makes sure every requested scenario prints exactly
 # one "LAB RESULT <name> PASS|FAIL key=value..." line.
 all="xenstore-client grant-evtchn qusb-reference ringdump-live"
+optional="pvusb-backend" # run when named: ./build.sh lab pvusb-backend
 want=${*:-$all}
 for s in $want; do
-	case " $all " in *" $s "*) ;; *) echo "LAB RESULT $s FAIL reason=unknown-scenario" ;; esac
+	case " $all $optional " in *" $s "*) ;; *) echo "LAB RESULT $s FAIL reason=unknown-scenario" ;; esac
 done
 has() { case " $want " in *" $1 "*) return 0 ;; esac; return 1; }
 run() { # script timeout: run it, keep its output in /tmp/lab-<script>.log
@@ -18,7 +19,8 @@ run() { # script timeout: run it, keep its output in /tmp/lab-<script>.log
 has xenstore-client && run xenstore-client 120
 has grant-evtchn && run grant-evtchn 120
 { has qusb-reference || has ringdump-live; } && run qusb 300
+has pvusb-backend && run pvusb-backend 300
 for s in $want; do
-	case " $all " in *" $s "*) ;; *) continue ;; esac
+	case " $all $optional " in *" $s "*) ;; *) continue ;; esac
 	grep -aq "^LAB RESULT $s " /tmp/lab-*.log 2>/dev/null || echo "LAB RESULT $s FAIL reason=no-result-timeout"
 done

@@ -57,6 +57,7 @@ if has qusb-reference; then
 	st=${1#storage=}
 	mbps=$(echo "$r" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "write_MBps=%.2f read_MBps=%.2f", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}')
 	[ "$st" = PASS ] && ok=PASS || ok=FAIL
+	echo "$r" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "%.3f %.3f\n", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}' >/tmp/qusb.mbps
 	echo "LAB RESULT qusb-reference $ok $r $mbps pins=$(cat /lab/pins)"
 fi
 if has ringdump-live; then
