@@ -13,7 +13,7 @@ set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 LAB=${PVUSB_LAB:-/tmp/pvusb-lab}
 TIMEOUT=${LAB_TIMEOUT:-300}
-all="xenstore-client grant-evtchn qusb-reference ringdump-live"
+all="xenstore-client grant-evtchn qusb-reference ringdump-live pvusb-backend"
 scen=${*:-$all}
 RUN=$LAB/runs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RUN"

@@ -2,8 +2,8 @@
 # Runs inside dom0: each requested scenario (all when none is named), each
 # under a timeout, and makes sure every requested scenario prints exactly
 # one "LAB RESULT <name> PASS|FAIL key=value..." line.
-all="xenstore-client grant-evtchn qusb-reference ringdump-live"
-optional="pvusb-backend" # run when named: ./build.sh lab pvusb-backend
+all="xenstore-client grant-evtchn qusb-reference ringdump-live pvusb-backend"
+optional="" # scenarios that run only when named
 want=${*:-$all}
 for s in $want; do
 	case " $all $optional " in *" $s "*) ;; *) echo "LAB RESULT $s FAIL reason=unknown-scenario" ;; esac
