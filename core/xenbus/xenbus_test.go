@@ -280,6 +280,44 @@ func TestBackendAgainstHostileFrontends(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("nodes rewritten mid-connection", func(t *testing.T) {
+		w := newWorld(t)
+		w.libxlCreate(t, "8", "2")
+		rec := &recorder{}
+		errc := w.runBackend(t, rec, 0)
+		w.waitValue(t, w.c1, w.p.Backend+"/state", "2")
+		for _, k := range []string{"urb-ring-ref", "conn-ring-ref", "event-channel"} {
+			w.c1.WriteString(w.p.Frontend+"/"+k, "3")
+		}
+		WriteState(w.c1.Handle, w.p.Frontend, Connected)
+		w.waitValue(t, w.c0, w.p.Backend+"/state", "4")
+		// Ring references are read once, at connect: rewriting them later
+		// changes nothing (no reconnect, no second Connect).
+		w.c1.WriteString(w.p.Frontend+"/urb-ring-ref", "not a number")
+		w.c1.WriteString(w.p.Frontend+"/event-channel", "99999999999")
+		// A later change the backend acts on (a port node) proves it has
+		// looked at the world after the rewrite: the machine re-reads
+		// everything on each event.
+		w.c0.WriteString(w.p.Backend+"/port/1", "1-1")
+		for rec.count("changed") == 0 {
+			if w.ctx.Err() != nil {
+				t.Fatal("the backend never saw the port change")
+			}
+			w.waitValue(t, w.c0, w.p.Backend+"/state", "4")
+		}
+		if rec.count("connect") != 1 || rec.count("disconnect") != 0 {
+			t.Fatalf("rewritten refs acted on: %v", rec.calls)
+		}
+		// A garbage state faults the device, after disconnecting it.
+		w.c1.WriteString(w.p.Frontend+"/state", "Connected")
+		err := w.result(t, errc)
+		if !IsFault(err) || rec.count("disconnect") != 1 {
+			t.Fatalf("garbage state mid-connection: %v, calls %v", err, rec.calls)
+		}
+		if st, _ := ReadState(w.c0.Handle, w.p.Backend); st != Closing {
+			t.Errorf("state %v", st)
+		}
+	})
 	t.Run("frontend vanishes", func(t *testing.T) {
 		w := newWorld(t)
 		w.libxlCreate(t, "8", "2")
