@@ -413,3 +413,48 @@ func TestProducerOverflowQuarantines(t *testing.T) {
 		t.Errorf("device not released: closes %d", r.dev.closes)
 	}
 }
+
+// TestFrontendThatNeverReadsResponsesAndFloods: a frontend fills the ring
+// and never takes its responses, then floods the event channel. The
+// engine answers everything it consumed, stays responsive, and serves
+// again once the frontend reads.
+func TestFrontendThatNeverReadsResponsesAndFloods(t *testing.T) {
+	r := newRig(t)
+	r.plug()
+	r.enumerate(2)
+	page := r.front.URBPage()
+	before := ring.ReadHeader(page).RspProd
+	for id := uint16(0); id < 16; id++ {
+		b, _ := r.front.NewBuffer(64, true)
+		q := fronttest.Request(id, usbif.NewPipe(1, 2, 1, true, usbif.TypeBulk), b)
+		if err := r.front.Submit(&q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// All 16 answered on the page, though the frontend reads none of them.
+	for ring.ReadHeader(page).RspProd-before != 16 {
+		if r.ctx.Err() != nil {
+			t.Fatalf("only %d of 16 answered", ring.ReadHeader(page).RspProd-before)
+		}
+		r.e.Stats() // a round trip through the engine
+	}
+	var q usbif.URBRequest
+	if err := r.front.Submit(&q); err == nil {
+		t.Fatal("a full ring accepted a 17th request")
+	}
+	for i := 0; i < 10000; i++ {
+		r.front.Kick()
+	}
+	if st := r.e.Stats(); st.Requests != st.Responses || st.InFlight != 0 {
+		t.Fatalf("after the flood: %+v", st)
+	}
+	// Once the frontend reads, the ring works again.
+	for id := uint16(0); id < 16; id++ {
+		if _, err := r.front.Wait(r.ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if rsp, _, err := r.front.Do(r.ctx, usbif.NewPipe(1, 2, 1, true, usbif.TypeBulk), nil, nil, 100, 0); err != nil || rsp.ActualLength != 100 {
+		t.Fatalf("after reading: %+v %v", rsp, err)
+	}
+}
