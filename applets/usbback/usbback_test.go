@@ -38,23 +38,6 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 }
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
-type feDriver struct {
-	g     grant.Granter
-	ev    evtchn.Channels
-	front chan *fronttest.Front
-}
-
-func (d *feDriver) Probe(xenbus.BackendConfig) error { return nil }
-func (d *feDriver) Connect() (xenbus.FrontendRings, error) {
-	f, r, err := fronttest.New(d.g, d.ev, 0)
-	if err == nil {
-		d.front <- f
-	}
-	return r, err
-}
-func (d *feDriver) Connected() error { return nil }
-func (d *feDriver) Disconnect()      {}
-
 func runVportctl(t *testing.T, args ...string) (int, string, string) {
 	t.Helper()
 	var out, errb bytes.Buffer
@@ -104,9 +87,9 @@ func TestUsbbackAndVportctlOnTheSimulator(t *testing.T) {
 			t.Fatal("controller never created")
 		}
 	}
-	drv := &feDriver{g: grant.NewSimGranter(d1), ev: evtchn.NewSim(d1), front: make(chan *fronttest.Front, 1)}
+	drv := fronttest.NewDriver(grant.NewSimGranter(d1), evtchn.NewSim(d1), 0)
 	go (&xenbus.Frontend{C: c1, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.front
+	front := <-drv.Fronts
 
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("control socket mode: %v %v", st, err)

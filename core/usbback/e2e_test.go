@@ -41,29 +41,6 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// feDriver connects a fronttest.Front when the XenBus machine says so.
-type feDriver struct {
-	g     grant.Granter
-	ev    evtchn.Channels
-	front chan *fronttest.Front
-}
-
-func (d *feDriver) Probe(cfg xenbus.BackendConfig) error {
-	if cfg.NumPorts != 4 || cfg.USBVer != 2 {
-		return fmt.Errorf("unexpected configuration %+v", cfg)
-	}
-	return nil
-}
-func (d *feDriver) Connect() (xenbus.FrontendRings, error) {
-	f, r, err := fronttest.New(d.g, d.ev, 0)
-	if err == nil {
-		d.front <- f
-	}
-	return r, err
-}
-func (d *feDriver) Connected() error { return nil }
-func (d *feDriver) Disconnect()      {}
-
 // frontendChild is domain 1: the XenBus frontend machine, then the disk
 // test, printing the checksum of what it wrote.
 func frontendChild(dir string) error {
@@ -90,12 +67,18 @@ func frontendChild(dir string) error {
 			return fmt.Errorf("the backend never created the controller")
 		}
 	}
-	drv := &feDriver{g: grant.NewSimGranter(d), ev: evtchn.NewSim(d), front: make(chan *fronttest.Front, 1)}
+	drv := fronttest.NewDriver(grant.NewSimGranter(d), evtchn.NewSim(d), 0)
+	drv.Check = func(cfg xenbus.BackendConfig) error {
+		if cfg.NumPorts != 4 || cfg.USBVer != 2 {
+			return fmt.Errorf("unexpected configuration %+v", cfg)
+		}
+		return nil
+	}
 	fe := &xenbus.Frontend{C: c, P: p, Driver: drv}
 	go fe.Run(ctx)
 	var front *fronttest.Front
 	select {
-	case front = <-drv.front:
+	case front = <-drv.Fronts:
 	case <-ctx.Done():
 		return fmt.Errorf("never connected")
 	}

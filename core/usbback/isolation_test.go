@@ -42,9 +42,9 @@ func connectGuest(t *testing.T, ctx context.Context, h *sim.Hypervisor, dom uint
 			t.Fatalf("dom%d: controller never created", dom)
 		}
 	}
-	drv := &feDriver{g: grant.NewSimGranter(d), ev: evtchn.NewSim(d), front: make(chan *fronttest.Front, 1)}
+	drv := fronttest.NewDriver(grant.NewSimGranter(d), evtchn.NewSim(d), 0)
 	go (&xenbus.Frontend{C: c, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.front
+	front := <-drv.Fronts
 	if ev, err := front.ConnEvent(ctx); err != nil || ev.Port != 1 {
 		t.Fatalf("dom%d plug: %+v %v", dom, ev, err)
 	}
