@@ -30,6 +30,7 @@ type Hypervisor struct {
 	// entry's reading/writing flags stay set while any mapping lives.
 	maptrack   map[grantKey]*trackCount
 	nextHandle uint64
+	nextGen    uint64 // incarnations: a domid that joins again is a new domain
 	wg         sync.WaitGroup
 }
 
@@ -69,8 +70,6 @@ type port struct {
 	remote    *port  // nil while unbound
 	efd       int    // eventfd: written to notify this port's owner
 }
-
-var domGen uint64
 
 // NewHypervisor creates dir, serves dom0's XenStore at dir/xenstored.sock
 // and the control socket at dir/sim.sock. Call Serve.
@@ -194,8 +193,8 @@ func (h *Hypervisor) join(c *net.UnixConn, hello request, fds []int) (*domain, e
 		unix.Close(ro)
 		return nil, fmt.Errorf("domain %d already joined", hello.Dom)
 	}
-	domGen++
-	d := &domain{id: hello.Dom, gen: domGen, conn: c, ramFD: fds[0], ramROFD: ro, ramPages: hello.RAMPages, gtFD: fds[1], gt: gt,
+	h.nextGen++
+	d := &domain{id: hello.Dom, gen: h.nextGen, conn: c, ramFD: fds[0], ramROFD: ro, ramPages: hello.RAMPages, gtFD: fds[1], gt: gt,
 		ports: map[uint32]*port{}, nextPort: 1, maps: map[uint64]*mapping{}}
 	if d.id != 0 {
 		path := XenStorePath(h.dir, d.id)

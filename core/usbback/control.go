@@ -13,7 +13,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pvusb/pvusb/core/backend"
 	"github.com/pvusb/pvusb/core/rules"
+	"github.com/pvusb/pvusb/core/usbif"
 )
 
 // Request is one control-socket request: one JSON object per connection.
@@ -94,39 +96,30 @@ func (s *Service) List() []PortInfo {
 	var out []PortInfo
 	for _, ct := range s.ctrls {
 		ct.mu.Lock()
-		var stats []PortInfo
-		var eng = ct.eng
+		eng := ct.eng
 		ct.mu.Unlock()
-		var ps = make(map[uint8]PortInfo)
+		var stats []backend.PortStats // by port; read outside ct.mu: it is a round trip to the engine
 		if eng != nil {
-			for p, st := range eng.Ports() {
-				if p == 0 || st.Speed == 0 {
-					continue
-				}
-				ps[uint8(p)] = PortInfo{Speed: st.Speed.String(), VIDPID: fmt.Sprintf("%04x:%04x", st.VIDPID[0], st.VIDPID[1]),
-					InFlight: st.InFlight, URBs: st.URBs, Bytes: st.Bytes, Errors: st.Errors}
-			}
+			stats = eng.Ports()
 		}
 		ct.mu.Lock()
 		for p := uint8(1); int(p) <= ct.c.Ports; p++ {
-			pi := ps[p]
-			pi.Dom, pi.VUSB, pi.Port = ct.c.Domid, ct.c.Devid, p
+			pi := PortInfo{Dom: ct.c.Domid, VUSB: ct.c.Devid, Port: p, Device: ct.ports[p], State: "waiting"}
 			if r, ok := ct.rules[p]; ok {
 				pi.Rule = r.String()
 			}
-			pi.Device = ct.ports[p]
-			switch {
-			case eng == nil:
-				pi.State = "waiting"
-			case pi.Speed != "":
-				pi.State = "plugged"
-			default:
+			if eng != nil {
 				pi.State = "empty"
 			}
-			stats = append(stats, pi)
+			if int(p) < len(stats) && stats[p].Speed != usbif.SpeedNone {
+				st := stats[p]
+				pi.State, pi.Speed = "plugged", st.Speed.String()
+				pi.VIDPID = fmt.Sprintf("%04x:%04x", st.VIDPID[0], st.VIDPID[1])
+				pi.InFlight, pi.URBs, pi.Bytes, pi.Errors = st.InFlight, st.URBs, st.Bytes, st.Errors
+			}
+			out = append(out, pi)
 		}
 		ct.mu.Unlock()
-		out = append(out, stats...)
 	}
 	sort.Slice(out, func(i, j int) bool {
 		a, b := out[i], out[j]

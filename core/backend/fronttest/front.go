@@ -176,15 +176,6 @@ func (f *Front) Wait(ctx context.Context, id uint16) (usbif.URBResponse, error) 
 	return rsp, nil
 }
 
-// Collected is how many URB responses arrived and were not yet taken by Wait.
-func (f *Front) Collected() int {
-	n := 0
-	for _, q := range f.got {
-		n += len(q)
-	}
-	return n
-}
-
 // ConnEvent waits for the next hot-plug event.
 func (f *Front) ConnEvent(ctx context.Context) (usbif.ConnResponse, error) {
 	err := f.waitFor(ctx, func() bool { return len(f.events) > 0 })
