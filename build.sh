@@ -55,6 +55,7 @@ fuzz() {
 		./xs:FuzzReadMsg
 		./xs:FuzzServerConnection
 		./stub/msc:FuzzCDB
+		./core/usbdesc:FuzzParseAll
 	)
 	for pt in "${targets[@]}"; do
 		echo "== fuzz ${pt#*:} for $t" >&2

@@ -17,10 +17,17 @@ type Transfer struct {
 	Setup      usbif.SetupPacket // control only
 	Buffer     []byte            // OUT: the data; IN: room for it (len = requested)
 	ShortNotOK bool              // a short IN completes with StatusRemoteIO
+	Interval   int               // interrupt and isochronous: the guest's urb->interval
+
+	// Packets are an isochronous transfer's packets, each a slice of
+	// Buffer the device fills (IN) or sends (OUT) on its own; nil otherwise.
+	Packets []IsoPacket
 
 	// Set by the device before it sends the transfer on Done.
-	Status usbif.Status
-	Actual int
+	Status     usbif.Status
+	Actual     int
+	StartFrame int // isochronous: the frame the transfer started in
+	ErrorCount int // isochronous: packets that failed
 
 	// Done receives the transfer exactly once when it completes (also
 	// when cancelled). The backend sizes it so a send never blocks.
@@ -36,12 +43,38 @@ func (t *Transfer) Complete(st usbif.Status, actual int) {
 	t.Done <- t
 }
 
+// IsoPacket is one packet of an isochronous transfer.
+type IsoPacket struct {
+	Offset, Length int          // its bytes in Transfer.Buffer
+	Actual         int          // set by the device: bytes transferred
+	Status         usbif.Status // set by the device
+}
+
+// Identity describes a device for rules and listings.
+type Identity struct {
+	VID, PID     uint16
+	Class        uint8 // bDeviceClass
+	Manufacturer string
+	Product      string
+	Serial       string
+}
+
+// IdentityOf reads VID, PID and class from a device descriptor.
+func IdentityOf(desc []byte) Identity {
+	if len(desc) < 12 {
+		return Identity{}
+	}
+	return Identity{VID: uint16(desc[8]) | uint16(desc[9])<<8, PID: uint16(desc[10]) | uint16(desc[11])<<8, Class: desc[4]}
+}
+
 // Device is one USB device. Calls come from one goroutine at a time;
 // completions may arrive from any goroutine, in any order.
 type Device interface {
 	// Descriptors are the raw device descriptor followed by the active
 	// configuration descriptor set, as GET_DESCRIPTOR returns them.
 	DeviceDescriptor() []byte
+	// Identity is who the device says it is.
+	Identity() Identity
 	// Speed is the device's speed on the port (never SpeedNone).
 	Speed() usbif.Speed
 	// Submit starts a transfer; it completes through t.Done. An error
@@ -82,6 +115,35 @@ func StatusOf(err error) usbif.Status {
 		return usbif.StatusNoDev
 	case errors.Is(err, ErrInvalid):
 		return usbif.StatusInval
+	}
+	return usbif.StatusShutdown
+}
+
+// StatusOfErrno maps the status Linux's USB core gives a finished URB
+// (0 or a negative errno, Documentation/driver-api/usb/error-codes.rst)
+// to the status the ring carries: the one place that decides it for
+// host devices.
+func StatusOfErrno(errno int32) usbif.Status {
+	switch errno {
+	case 0:
+		return usbif.StatusOK
+	case -32: // EPIPE: stall
+		return usbif.StatusStall
+	case -121: // EREMOTEIO: short IN under URB_SHORT_NOT_OK
+		return usbif.StatusRemoteIO
+	case -2: // ENOENT: unlinked (synchronously)
+		return usbif.StatusNoEnt
+	case -104: // ECONNRESET: unlinked (asynchronously)
+		return usbif.StatusConnReset
+	case -75: // EOVERFLOW: babble
+		return usbif.StatusBabble
+	case -71, -84, -62, -70, -63, -18:
+		// EPROTO (bitstuff, no response), EILSEQ (CRC), ETIME (timeout),
+		// ECOMM and ENOSR (host buffer over/underrun), EXDEV (iso packet
+		// partially done): transmission errors.
+		return usbif.StatusIOError
+	case -19, -108: // ENODEV, ESHUTDOWN: the device or its controller went away
+		return usbif.StatusNoDev
 	}
 	return usbif.StatusShutdown
 }

@@ -6,8 +6,8 @@ package emu
 import (
 	"encoding/binary"
 	"sync"
-	"unicode/utf16"
 
+	"github.com/pvusb/pvusb/core/usbdesc"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 )
@@ -53,6 +53,15 @@ func New(d Descriptors, fn Function, speed usbif.Speed) *Device {
 
 // DeviceDescriptor is the device descriptor.
 func (dv *Device) DeviceDescriptor() []byte { return dv.d.Device }
+
+// Identity is the device descriptor's identity with its strings.
+func (dv *Device) Identity() stub.Identity {
+	id := stub.IdentityOf(dv.d.Device)
+	if len(dv.d.Device) >= 17 {
+		id.Manufacturer, id.Product, id.Serial = dv.d.Strings[dv.d.Device[14]], dv.d.Strings[dv.d.Device[15]], dv.d.Strings[dv.d.Device[16]]
+	}
+	return id
+}
 
 // Speed is the device's speed.
 func (dv *Device) Speed() usbif.Speed { return dv.speed }
@@ -141,7 +150,7 @@ func (dv *Device) descriptor(s usbif.SetupPacket, buf []byte) (int, error) {
 		if !ok {
 			return 0, stub.ErrStall
 		}
-		return copy(buf, stringDescriptor(str)), nil
+		return copy(buf, usbdesc.EncodeString(str)), nil
 	case usbif.DescDeviceQualifier:
 		if dv.speed != usbif.SpeedHigh {
 			return 0, stub.ErrStall
@@ -152,20 +161,6 @@ func (dv *Device) descriptor(s usbif.SetupPacket, buf []byte) (int, error) {
 		return 0, stub.ErrStall
 	}
 	return copy(buf, src), nil
-}
-
-// stringDescriptor encodes a UTF-16LE string descriptor (at most 126 units).
-func stringDescriptor(s string) []byte {
-	u := utf16.Encode([]rune(s))
-	if len(u) > 126 {
-		u = u[:126]
-	}
-	b := make([]byte, 2+2*len(u))
-	b[0], b[1] = byte(len(b)), usbif.DescString
-	for i, c := range u {
-		binary.LittleEndian.PutUint16(b[2+2*i:], c)
-	}
-	return b
 }
 
 // Cancel ends a data transfer early.

@@ -27,6 +27,7 @@ const (
 	ctrlTransferSize   = 24 // struct usbdevfs_ctrltransfer
 	setInterfaceSize   = 8  // struct usbdevfs_setinterface
 	disconnectClaimLen = 264
+	ioctlArgSize       = 16 // struct usbdevfs_ioctl
 	maxDriverName      = 255 // USBDEVFS_MAXDRIVERNAME
 )
 
@@ -45,6 +46,10 @@ var (
 	IoctlGetCapabilities  = ioc(iocRead, 26, 4)
 	IoctlDisconnectClaim  = ioc(iocRead, 27, disconnectClaimLen)
 	IoctlGetSpeed         = ioc(iocNone, 31, 0)
+	IoctlIoctl            = ioc(iocRead|iocWrite, 18, ioctlArgSize)
+	// IoctlConnect is the ioctl_code that USBDEVFS_IOCTL passes to an
+	// interface to let kernel drivers bind it again (no argument).
+	IoctlConnect = ioc(iocNone, 23, 0)
 )
 
 // URB types and flags (USBDEVFS_URB_*).
@@ -143,21 +148,32 @@ func DecodeIso(b []byte, i int) IsoPacket {
 	return IsoPacket{le.Uint32(b[o:]), le.Uint32(b[o+4:]), le.Uint32(b[o+8:])}
 }
 
-// SetInterfaceArg is struct usbdevfs_setinterface.
-func SetInterfaceArg(iface, alt uint32) []byte {
-	b := make([]byte, setInterfaceSize)
+// SetInterfaceArg writes struct usbdevfs_setinterface into b.
+func SetInterfaceArg(b []byte, iface, alt uint32) []byte {
+	b = b[:setInterfaceSize]
 	le.PutUint32(b, iface)
 	le.PutUint32(b[4:], alt)
 	return b
 }
 
-// DisconnectClaimArg is struct usbdevfs_disconnect_claim: take interface
-// from whatever kernel driver has it, except one named driver (usually
-// "usbfs", so a second claim of ours does not kick ourselves).
-func DisconnectClaimArg(iface, flags uint32, driver string) []byte {
-	b := make([]byte, disconnectClaimLen)
+// DisconnectClaimArg writes struct usbdevfs_disconnect_claim into b: take
+// interface from whatever kernel driver has it, except one named driver
+// (usually "usbfs", so a second claim of ours does not kick ourselves).
+func DisconnectClaimArg(b []byte, iface, flags uint32, driver string) []byte {
+	b = b[:disconnectClaimLen]
+	clear(b)
 	le.PutUint32(b, iface)
 	le.PutUint32(b[4:], flags)
 	copy(b[8:8+maxDriverName], driver)
+	return b
+}
+
+// IoctlArg writes struct usbdevfs_ioctl into b: a driver ioctl (code)
+// for interface ifno, without a data pointer.
+func IoctlArg(b []byte, ifno uint32, code uintptr) []byte {
+	b = b[:ioctlArgSize]
+	clear(b)
+	le.PutUint32(b, ifno)
+	le.PutUint32(b[4:], uint32(code))
 	return b
 }

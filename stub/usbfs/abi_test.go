@@ -35,6 +35,8 @@ int main(int argc, char **argv) {
     struct usbdevfs_disconnect_claim dc; memset(&dc, 0, sizeof dc);
     dc.interface = 3; dc.flags = USBDEVFS_DISCONNECT_CLAIM_EXCEPT_DRIVER; strcpy(dc.driver, "usbfs");
     dump("disconnect_claim", &dc, sizeof dc);
+    struct usbdevfs_ioctl io = { .ifno = 2, .ioctl_code = USBDEVFS_CONNECT, .data = NULL };
+    dump("ioctl", &io, sizeof io);
     return 0;
   }
   P("USBDEVFS_CONTROL", USBDEVFS_CONTROL); P("USBDEVFS_SETINTERFACE", USBDEVFS_SETINTERFACE);
@@ -43,7 +45,8 @@ int main(int argc, char **argv) {
   P("USBDEVFS_CLAIMINTERFACE", USBDEVFS_CLAIMINTERFACE); P("USBDEVFS_RELEASEINTERFACE", USBDEVFS_RELEASEINTERFACE);
   P("USBDEVFS_RESET", USBDEVFS_RESET); P("USBDEVFS_CLEAR_HALT", USBDEVFS_CLEAR_HALT);
   P("USBDEVFS_GET_CAPABILITIES", USBDEVFS_GET_CAPABILITIES); P("USBDEVFS_DISCONNECT_CLAIM", USBDEVFS_DISCONNECT_CLAIM);
-  P("USBDEVFS_GET_SPEED", USBDEVFS_GET_SPEED);
+  P("USBDEVFS_GET_SPEED", USBDEVFS_GET_SPEED); P("USBDEVFS_IOCTL", USBDEVFS_IOCTL);
+  P("USBDEVFS_CONNECT", USBDEVFS_CONNECT); P("sizeof.ioctl", sizeof(struct usbdevfs_ioctl));
   P("sizeof.urb", sizeof(struct usbdevfs_urb)); P("sizeof.iso", sizeof(struct usbdevfs_iso_packet_desc));
   P("sizeof.ctrltransfer", sizeof(struct usbdevfs_ctrltransfer));
   P("sizeof.disconnect_claim", sizeof(struct usbdevfs_disconnect_claim));
@@ -69,7 +72,8 @@ func TestABIMatchesLinuxHeader(t *testing.T) {
 		"USBDEVFS_CLAIMINTERFACE": int64(IoctlClaimInterface), "USBDEVFS_RELEASEINTERFACE": int64(IoctlReleaseInterface),
 		"USBDEVFS_RESET": int64(IoctlReset), "USBDEVFS_CLEAR_HALT": int64(IoctlClearHalt),
 		"USBDEVFS_GET_CAPABILITIES": int64(IoctlGetCapabilities), "USBDEVFS_DISCONNECT_CLAIM": int64(IoctlDisconnectClaim),
-		"USBDEVFS_GET_SPEED": int64(IoctlGetSpeed),
+		"USBDEVFS_GET_SPEED": int64(IoctlGetSpeed), "USBDEVFS_IOCTL": int64(IoctlIoctl),
+		"USBDEVFS_CONNECT": int64(IoctlConnect), "sizeof.ioctl": ioctlArgSize,
 		"sizeof.urb":         URBSize, "sizeof.iso": IsoPacketDescSize, "sizeof.ctrltransfer": ctrlTransferSize,
 		"sizeof.disconnect_claim": disconnectClaimLen, "offset.urb.buffer": offBuffer,
 		"offset.urb.usercontext": offUserContext, "offset.urb.iso": URBSize,
@@ -95,10 +99,17 @@ func TestABIMatchesLinuxHeader(t *testing.T) {
 	if back != u || DecodeIso(c["urb"], 1) != (IsoPacket{2048, 0, 0xffffffee}) {
 		t.Errorf("decode of C bytes %+v", back)
 	}
-	if !bytes.Equal(SetInterfaceArg(1, 2), c["setinterface"]) {
+	scratch := make([]byte, 512)
+	if !bytes.Equal(SetInterfaceArg(scratch, 1, 2), c["setinterface"]) {
 		t.Error("setinterface")
 	}
-	if !bytes.Equal(DisconnectClaimArg(3, DisconnectClaimExceptDriver, "usbfs"), c["disconnect_claim"]) {
-		t.Errorf("disconnect_claim:\n go % x\n  c % x", DisconnectClaimArg(3, DisconnectClaimExceptDriver, "usbfs")[:16], c["disconnect_claim"][:16])
+	for i := range scratch {
+		scratch[i] = 0xee // the encoders must clear what they do not set
+	}
+	if dc := DisconnectClaimArg(scratch, 3, DisconnectClaimExceptDriver, "usbfs"); !bytes.Equal(dc, c["disconnect_claim"]) {
+		t.Errorf("disconnect_claim:\n go % x\n  c % x", dc[:16], c["disconnect_claim"][:16])
+	}
+	if io := IoctlArg(scratch, 2, IoctlConnect); !bytes.Equal(io, c["ioctl"]) {
+		t.Errorf("ioctl:\n go % x\n  c % x", io, c["ioctl"])
 	}
 }
