@@ -35,7 +35,7 @@ type fakeDev struct {
 var devDesc = []byte{18, 1, 0x00, 0x02, 0, 0, 0, 64, 0x09, 0x12, 0x01, 0x00, 0x00, 0x01, 1, 2, 3, 1}
 
 func (d *fakeDev) DeviceDescriptor() []byte { return devDesc }
-func (d *fakeDev) Identity() stub.Identity   { return stub.IdentityOf(devDesc) }
+func (d *fakeDev) Identity() stub.Identity  { return stub.IdentityOf(devDesc) }
 func (d *fakeDev) Speed() usbif.Speed       { return usbif.SpeedHigh }
 func (d *fakeDev) Submit(t *stub.Transfer) error {
 	d.mu.Lock()

@@ -27,7 +27,7 @@ const (
 	ctrlTransferSize   = 24 // struct usbdevfs_ctrltransfer
 	setInterfaceSize   = 8  // struct usbdevfs_setinterface
 	disconnectClaimLen = 264
-	ioctlArgSize       = 16 // struct usbdevfs_ioctl
+	ioctlArgSize       = 16  // struct usbdevfs_ioctl
 	maxDriverName      = 255 // USBDEVFS_MAXDRIVERNAME
 )
 

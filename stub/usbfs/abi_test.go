@@ -74,7 +74,7 @@ func TestABIMatchesLinuxHeader(t *testing.T) {
 		"USBDEVFS_GET_CAPABILITIES": int64(IoctlGetCapabilities), "USBDEVFS_DISCONNECT_CLAIM": int64(IoctlDisconnectClaim),
 		"USBDEVFS_GET_SPEED": int64(IoctlGetSpeed), "USBDEVFS_IOCTL": int64(IoctlIoctl),
 		"USBDEVFS_CONNECT": int64(IoctlConnect), "sizeof.ioctl": ioctlArgSize,
-		"sizeof.urb":         URBSize, "sizeof.iso": IsoPacketDescSize, "sizeof.ctrltransfer": ctrlTransferSize,
+		"sizeof.urb": URBSize, "sizeof.iso": IsoPacketDescSize, "sizeof.ctrltransfer": ctrlTransferSize,
 		"sizeof.disconnect_claim": disconnectClaimLen, "offset.urb.buffer": offBuffer,
 		"offset.urb.usercontext": offUserContext, "offset.urb.iso": URBSize,
 		"USBDEVFS_URB_SHORT_NOT_OK": URBShortNotOK, "USBDEVFS_URB_ZERO_PACKET": URBZeroPacket,

@@ -41,9 +41,9 @@ func TestParseUevent(t *testing.T) {
 	}
 	for name, b := range map[string][]byte{
 		"interface": addInterface, "root hub": addRootHub, "empty": nil, "no header": msg("ACTION=add"),
-		"udev":      append([]byte("libudev\x00"), addDevice...),
-		"net":       msg("change@/devices/virtual/net/lo", "ACTION=change", "DEVPATH=/devices/virtual/net/lo", "SUBSYSTEM=net"),
-		"huge":      append(addDevice, bytes.Repeat([]byte{'x'}, maxUevent)...),
+		"udev": append([]byte("libudev\x00"), addDevice...),
+		"net":  msg("change@/devices/virtual/net/lo", "ACTION=change", "DEVPATH=/devices/virtual/net/lo", "SUBSYSTEM=net"),
+		"huge": append(addDevice, bytes.Repeat([]byte{'x'}, maxUevent)...),
 	} {
 		if ev, ok := ParseUevent(b); ok {
 			t.Errorf("%s: accepted %+v", name, ev)
