@@ -17,6 +17,7 @@ import (
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/rules"
 	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/stub/usbfs"
 	svc "github.com/pvusb/pvusb/core/usbback"
 	"github.com/pvusb/pvusb/xs"
 )
@@ -63,13 +64,24 @@ func run(ctx context.Context, logw io.Writer, path string, debug bool, ready fun
 		return err
 	}
 	defer closeAll()
-	s := svc.New(cfg, p, log)
+	s := svc.New(cfg, p, nil, log)
 	l, err := svc.Listen(cfg.Control) // before ready: vportctl may call at once
 	if err != nil {
 		return err
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.Serve(ctx, l) }()
+	if m, err := usbfs.OpenMonitor(); err == nil {
+		// Host devices come and go: rules naming them follow.
+		defer m.Close()
+		go func() {
+			if err := s.WatchHotplug(ctx, m.Next); err != nil {
+				log.Warn("usbback: hot-plug monitor stopped", "err", err)
+			}
+		}()
+	} else {
+		log.Info("usbback: no hot-plug monitor", "err", err)
+	}
 	log.Info("usbback: serving", "controllers", len(cfg.Controllers), "control", cfg.Control, "sim", cfg.Sim)
 	if ready != nil {
 		ready(s)

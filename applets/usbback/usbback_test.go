@@ -109,13 +109,13 @@ func TestUsbbackAndVportctlOnTheSimulator(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &ports) != nil || len(ports) != 2 {
 		t.Fatalf("list --json: %d %s", code, out)
 	}
-	if pi := ports[1]; pi.State != "plugged" || pi.VIDPID != "1209:0001" || pi.Speed != "high" || pi.URBs < 4 || pi.Device != "emu-msc:"+img {
+	if pi := ports[1]; pi.State != "plugged" || pi.VIDPID != "1209:0001" || pi.Product != "pvusb emulated disk" || pi.Speed != "high" || pi.URBs < 4 || pi.Device != "emu-msc:"+img {
 		t.Errorf("port 2: %+v", pi)
 	}
 	if ports[0].State != "empty" {
 		t.Errorf("port 1: %+v", ports[0])
 	}
-	if code, out, _ := runVportctl(t, "-c", conf, "list"); code != 0 || !strings.Contains(out, "1:0:2  plugged  high   1209:0001") {
+	if code, out, _ := runVportctl(t, "-c", conf, "list"); code != 0 || !strings.Contains(out, "1:0:2  plugged  high   1209:0001  pvusb emulated disk") {
 		t.Errorf("list table:\n%s", out)
 	}
 	// Refusals: a bad rule, a taken port, a port beyond the controller.

@@ -49,7 +49,7 @@ func Command() *cli.Command {
 		Subcommands: []*cli.Command{
 			{Name: "add", Usage: "put a device on a port: BUSID:DOMID:VUSB:PORT", ArgsUsage: "RULE", Action: one("add")},
 			{Name: "del", Usage: "empty a port: a rule, or DOMID:VUSB:PORT", ArgsUsage: "RULE|DOMID:VUSB:PORT", Action: one("del")},
-			{Name: "list", Usage: "the ports: rule, state, speed, VID:PID, URBs in flight and done, bytes, errors",
+			{Name: "list", Usage: "the ports: rule, state, speed, VID:PID, product, URBs in flight and done, bytes, errors",
 				Flags: []cli.Flag{&cli.BoolFlag{Name: "json", Usage: "print JSON"}},
 				Action: func(c *cli.Context) error {
 					p, err := path(c)
@@ -98,14 +98,14 @@ func printPorts(w io.Writer, ports []svc.PortInfo, asJSON bool) error {
 		return enc.Encode(ports)
 	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "PORT\tSTATE\tSPEED\tVID:PID\tIN FLIGHT\tURBS\tBYTES\tERRORS\tRULE / DEVICE")
+	fmt.Fprintln(tw, "PORT\tSTATE\tSPEED\tVID:PID\tPRODUCT\tIN FLIGHT\tURBS\tBYTES\tERRORS\tRULE / DEVICE")
 	for _, p := range ports {
 		what := p.Rule
 		if what == "" {
 			what = p.Device // written into port/N by someone else (libxl)
 		}
-		fmt.Fprintf(tw, "%d:%d:%d\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Dom, p.VUSB, p.Port, p.State, dash(p.Speed), dash(p.VIDPID),
-			p.InFlight, p.URBs, p.Bytes, p.Errors, dash(what))
+		fmt.Fprintf(tw, "%d:%d:%d\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", p.Dom, p.VUSB, p.Port, p.State, dash(p.Speed), dash(p.VIDPID),
+			dash(p.Product), p.InFlight, p.URBs, p.Bytes, p.Errors, dash(what))
 	}
 	return tw.Flush()
 }

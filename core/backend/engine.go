@@ -13,6 +13,7 @@ package backend
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -39,6 +40,8 @@ type Config struct {
 	Events     evtchn.Channels
 	Log        *slog.Logger
 }
+
+var le = binary.LittleEndian
 
 // shutdownGrace bounds how long shutdown waits for devices to hand back
 // cancelled transfers.
@@ -91,7 +94,7 @@ type portState struct {
 // PortStats counts one port's traffic since its device was plugged.
 type PortStats struct {
 	Speed    usbif.Speed
-	VIDPID   [2]uint16 // from the device descriptor
+	Identity stub.Identity
 	InFlight int
 	URBs     uint64 // answered transfers
 	Bytes    uint64
@@ -110,9 +113,7 @@ func (e *Engine) Ports() []PortStats {
 			}
 			st := ps.stats
 			st.Speed, st.InFlight = ps.speed, ps.inflight
-			if d := ps.dev.DeviceDescriptor(); len(d) >= 12 {
-				st.VIDPID = [2]uint16{uint16(d[8]) | uint16(d[9])<<8, uint16(d[10]) | uint16(d[11])<<8}
-			}
+			st.Identity = ps.dev.Identity()
 			out[p] = st
 		}
 		return nil
@@ -134,7 +135,17 @@ type slot struct {
 	xfer      stub.Transfer
 	buf       []byte
 	segs      [usbif.MaxSegments]grant.CopySegment
+
+	// Isochronous: the frame descriptors as the guest granted them, in
+	// place (usbif-protocol.md §6.8), and the packets handed to the device.
+	desc    [maxIsoPackets * usbif.IsoFrameDescSize]byte
+	nDesc   int // bytes of desc in use
+	packets [maxIsoPackets]stub.IsoPacket
 }
+
+// maxIsoPackets bounds the packets of one isochronous request: usbfs
+// takes at most 128 per URB, and so do we.
+const maxIsoPackets = 128
 
 type connEvent struct {
 	port  uint8
@@ -318,8 +329,12 @@ func (e *Engine) pass() {
 }
 
 func (e *Engine) respond(id uint16, st usbif.Status, actual int) {
+	e.respondIso(id, st, actual, 0, 0)
+}
+
+func (e *Engine) respondIso(id uint16, st usbif.Status, actual int, startFrame uint16, errorCount int32) {
 	var w [usbif.URBResponseSize]byte
-	r := usbif.URBResponse{ID: id, Status: st, ActualLength: int32(actual)}
+	r := usbif.URBResponse{ID: id, Status: st, ActualLength: int32(actual), StartFrame: startFrame, ErrorCount: errorCount}
 	r.Encode(&w)
 	if err := e.urb.PutResponse(&w); err != nil {
 		e.fail("urb", err) // more responses than requests: our bug, never the guest's
@@ -369,10 +384,6 @@ func (e *Engine) handle(raw *[usbif.URBRequestSize]byte) {
 	port, st := e.route(req)
 	if st != usbif.StatusOK {
 		e.respond(req.ID, st, 0)
-		return
-	}
-	if req.Pipe.Type() == usbif.TypeIsoc {
-		e.respond(req.ID, usbif.StatusShutdown, 0) // isochronous: not yet served (as QEMU)
 		return
 	}
 	if req.Pipe.Type() == usbif.TypeCtrl {
@@ -454,21 +465,40 @@ func (e *Engine) submit(s *slot, port uint8) {
 		sp := req.Setup()
 		n, in = int(sp.Length), sp.In() // validated: wLength <= the segments
 	}
-	s.port, s.in, s.length, s.cancelled, s.nUnlinks = port, in, n, false, 0
-	if !in && n > 0 {
-		if err := e.copyGrants(s, false); err != nil {
+	s.port, s.in, s.length, s.cancelled, s.nUnlinks, s.nDesc = port, in, n, false, 0, 0
+	iso := t == usbif.TypeIsoc
+	if iso {
+		if st := e.readIsoDescriptors(s); st != usbif.StatusOK {
+			e.respond(req.ID, st, 0)
+			return
+		}
+	}
+	// Isochronous IN reads the guest's buffer too: the whole data range
+	// goes back at completion, so the bytes between packets must be the
+	// guest's own, never another transfer's leftovers.
+	if (!in || iso) && n > 0 {
+		if err := e.copyData(s, false, n); err != nil {
 			e.respond(req.ID, usbif.StatusShutdown, 0)
 			return
 		}
-		e.stats.BytesOut += uint64(n)
+		if !in {
+			e.stats.BytesOut += uint64(n)
+		}
 	}
 	s.xfer = stub.Transfer{
 		Type:       t,
 		Endpoint:   req.Pipe.EndpointAddress(),
 		Buffer:     s.buf[:n],
-		ShortNotOK: req.TransferFlags&usbif.ShortNotOK != 0 && t != usbif.TypeCtrl,
+		ShortNotOK: req.TransferFlags&usbif.ShortNotOK != 0 && t != usbif.TypeCtrl && !iso,
 		Done:       e.done,
 		Cookie:     s,
+	}
+	switch t {
+	case usbif.TypeIntr:
+		s.xfer.Interval = int(req.Interval())
+	case usbif.TypeIsoc:
+		s.xfer.Interval = int(req.Interval())
+		s.xfer.Packets = s.packets[:req.NumberOfPackets()]
 	}
 	if t == usbif.TypeCtrl {
 		s.xfer.Setup = req.Setup()
@@ -486,18 +516,20 @@ func (e *Engine) submit(s *slot, port uint8) {
 	e.stats.InFlight++
 }
 
-// copyGrants copies between the slot's buffer and the request's data
-// segments: toGrant for IN results (only the bytes the device produced).
-func (e *Engine) copyGrants(s *slot, toGrant bool) error {
-	limit := s.length
-	if toGrant {
-		limit = s.xfer.Actual
-	}
+// copyData copies the first limit bytes between the slot's buffer and
+// the request's data segments (toGrant: IN results out to the guest).
+func (e *Engine) copyData(s *slot, toGrant bool, limit int) error {
+	return e.copySegs(s, 0, int(s.req.NrBufferSegs), s.buf[:limit], toGrant)
+}
+
+// copySegs copies local, in order, to or from segments [first, end) of
+// the request, as one batch of grant copies.
+func (e *Engine) copySegs(s *slot, first, end int, local []byte, toGrant bool) error {
 	nseg, off := 0, 0
-	for i := 0; i < int(s.req.NrBufferSegs) && off < limit; i++ {
+	for i := first; i < end && off < len(local); i++ {
 		sg := s.req.Seg[i]
-		l := min(int(sg.Length), limit-off)
-		s.segs[nseg] = grant.CopySegment{Dom: e.cfg.Dom, Ref: grant.Ref(sg.Gref), Offset: sg.Offset, Local: s.buf[off : off+l], ToGrant: toGrant}
+		l := min(int(sg.Length), len(local)-off)
+		s.segs[nseg] = grant.CopySegment{Dom: e.cfg.Dom, Ref: grant.Ref(sg.Gref), Offset: sg.Offset, Local: local[off : off+l], ToGrant: toGrant}
 		nseg++
 		off += l
 	}
@@ -505,6 +537,42 @@ func (e *Engine) copyGrants(s *slot, toGrant bool) error {
 		return nil
 	}
 	return e.cfg.Mapper.Copy(s.segs[:nseg])
+}
+
+// readIsoDescriptors copies the guest's frame descriptors in (one batch)
+// and turns them into the device's packets, checking each against the
+// data segments: a packet outside them is a malformed request.
+func (e *Engine) readIsoDescriptors(s *slot) usbif.Status {
+	req := &s.req
+	np := int(req.NumberOfPackets())
+	if np == 0 || np > maxIsoPackets {
+		return usbif.StatusShutdown
+	}
+	s.nDesc = np * usbif.IsoFrameDescSize // Validate saw the segments hold at least this
+	if err := e.copySegs(s, int(req.NrBufferSegs), req.UsedSegments(), s.desc[:s.nDesc], false); err != nil {
+		return usbif.StatusShutdown
+	}
+	for i := 0; i < np; i++ {
+		var d usbif.IsoFrameDesc
+		d.Decode((*[usbif.IsoFrameDescSize]byte)(s.desc[i*usbif.IsoFrameDescSize:]))
+		if uint64(d.Offset)+uint64(d.Length) > uint64(s.length) {
+			return usbif.StatusShutdown
+		}
+		s.packets[i] = stub.IsoPacket{Offset: int(d.Offset), Length: int(d.Length)}
+	}
+	return usbif.StatusOK
+}
+
+// writeIsoDescriptors puts each packet's result into the guest's frame
+// descriptors and copies them back (the descriptor pages are writable).
+func (e *Engine) writeIsoDescriptors(s *slot) error {
+	for i, p := range s.xfer.Packets {
+		b := s.desc[i*usbif.IsoFrameDescSize:]
+		actual := min(max(p.Actual, 0), p.Length)
+		le.PutUint32(b[8:], uint32(actual))
+		le.PutUint32(b[12:], uint32(int32(p.Status)))
+	}
+	return e.copySegs(s, int(s.req.NrBufferSegs), s.req.UsedSegments(), s.desc[:s.nDesc], true)
 }
 
 // complete answers a finished transfer: IN data copied out first (the
@@ -526,8 +594,23 @@ func (e *Engine) complete(t *stub.Transfer) {
 	if actual < 0 || actual > s.length {
 		actual, st = 0, usbif.StatusShutdown // a device claiming more than it was given
 	}
-	if s.in && actual > 0 && st != usbif.StatusShutdown {
-		if err := e.copyGrants(s, true); err != nil {
+	var startFrame uint16
+	var errorCount int32
+	if s.xfer.Type == usbif.TypeIsoc {
+		// The packets carry the data; the whole range goes back for IN
+		// (it was read from the guest first, so gaps keep the guest's bytes).
+		startFrame, errorCount = uint16(t.StartFrame), int32(t.ErrorCount)
+		err := e.writeIsoDescriptors(s)
+		if err == nil && s.in {
+			err = e.copyData(s, true, s.length)
+		}
+		if err != nil {
+			st, actual = usbif.StatusShutdown, 0
+		} else if s.in {
+			e.stats.BytesIn += uint64(actual)
+		}
+	} else if s.in && actual > 0 && st != usbif.StatusShutdown {
+		if err := e.copyData(s, true, actual); err != nil {
 			st, actual = usbif.StatusShutdown, 0
 		} else {
 			e.stats.BytesIn += uint64(actual)
@@ -536,7 +619,7 @@ func (e *Engine) complete(t *stub.Transfer) {
 	if !s.in {
 		actual = min(actual, s.length)
 	}
-	e.respond(s.req.ID, st, actual)
+	e.respondIso(s.req.ID, st, actual, startFrame, errorCount)
 	ps := &e.ports[s.port].stats
 	ps.URBs++
 	ps.Bytes += uint64(actual)

@@ -30,6 +30,7 @@ type fakeDev struct {
 	iface    [2]uint8
 	halts    []uint8
 	controls []usbif.SetupPacket
+	isoOut   [][]byte
 }
 
 var devDesc = []byte{18, 1, 0x00, 0x02, 0, 0, 0, 64, 0x09, 0x12, 0x01, 0x00, 0x00, 0x01, 1, 2, 3, 1}
@@ -51,6 +52,29 @@ func (d *fakeDev) Submit(t *stub.Transfer) error {
 		t.Complete(usbif.StatusOK, 0)
 	case d.hold:
 		d.pending = append(d.pending, t)
+	case t.Type == usbif.TypeIsoc:
+		// Packet i: IN fills length-i bytes of 0x40+i; packet 1 fails.
+		// OUT records each packet.
+		sum := 0
+		for i := range t.Packets {
+			p := &t.Packets[i]
+			if t.Endpoint&0x80 == 0 {
+				d.isoOut = append(d.isoOut, append([]byte(nil), t.Buffer[p.Offset:p.Offset+p.Length]...))
+				p.Actual = p.Length
+			} else {
+				p.Actual = max(p.Length-i, 0)
+				for j := 0; j < p.Actual; j++ {
+					t.Buffer[p.Offset+j] = byte(0x40 + i)
+				}
+			}
+			if i == 1 {
+				p.Actual, p.Status = 0, usbif.StatusIOError
+				t.ErrorCount++
+			}
+			sum += p.Actual
+		}
+		t.StartFrame = 7
+		t.Complete(usbif.StatusOK, sum)
 	case t.Endpoint == 0x83: // a device with less to say than asked, under SHORT_NOT_OK
 		copy(t.Buffer, "short")
 		st := usbif.StatusOK
@@ -350,10 +374,9 @@ func TestHostileRequests(t *testing.T) {
 		}, usbif.StatusInval},
 		{"bulk to address 0", func(q *usbif.URBRequest) { q.Pipe = usbif.NewPipe(1, 0, 1, true, usbif.TypeBulk) }, usbif.StatusNoDev},
 		{"unknown address", func(q *usbif.URBRequest) { q.Pipe = usbif.NewPipe(1, 77, 1, true, usbif.TypeBulk) }, usbif.StatusNoDev},
-		{"isochronous", func(q *usbif.URBRequest) {
+		{"isochronous without descriptors", func(q *usbif.URBRequest) {
 			q.Pipe = usbif.NewPipe(1, 2, 3, true, usbif.TypeIsoc)
-			q.SetIsoc(1, 0, 1, 1)
-			q.Seg[1] = q.Seg[0]
+			q.SetIsoc(1, 0, 1, 0)
 		}, usbif.StatusShutdown},
 	} {
 		buf, _ := r.front.NewBuffer(512, true)
@@ -373,6 +396,106 @@ func TestHostileRequests(t *testing.T) {
 	r.control(1, 2, usbif.SetupPacket{Request: usbif.ReqSetAddress, Value: 0}, nil)
 	if rsp, _, _ := r.front.Do(r.ctx, bulkIn, nil, nil, 100, 0); rsp.Status != usbif.StatusNoDev {
 		t.Errorf("after SET_ADDRESS 0: %+v", rsp)
+	}
+}
+
+// isoRequest builds an isochronous request as xen-hcd does: the data
+// buffer's segments, then the segments of the guest's frame-descriptor
+// array (granted writable, in place).
+func isoRequest(t *testing.T, r *rig, id uint16, in bool, data []byte, descs []usbif.IsoFrameDesc) (usbif.URBRequest, *fronttest.Buffer, *fronttest.Buffer) {
+	t.Helper()
+	db, err := r.front.NewBuffer(len(data), in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	copy(db.Data, data)
+	fb, err := r.front.NewBuffer(len(descs)*usbif.IsoFrameDescSize, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, d := range descs {
+		d.Encode((*[usbif.IsoFrameDescSize]byte)(fb.Data[i*usbif.IsoFrameDescSize:]))
+	}
+	ep := uint8(5)
+	if in {
+		ep = 4
+	}
+	q := fronttest.Request(id, usbif.NewPipe(1, 2, ep, in, usbif.TypeIsoc), db)
+	copy(q.Seg[q.NrBufferSegs:], fb.Segs)
+	q.SetIsoc(1, 0, uint16(len(descs)), uint16(len(fb.Segs)))
+	return q, db, fb
+}
+
+func TestIsochronousDescriptorsInPlace(t *testing.T) {
+	r := newRig(t)
+	r.plug()
+	r.enumerate(2)
+	// IN: 3 packets of 100 bytes at guest offsets 0, 200, 400; the bytes
+	// between them are the guest's and must stay so.
+	guest := bytes.Repeat([]byte{0xee}, 600)
+	descs := []usbif.IsoFrameDesc{{Offset: 0, Length: 100}, {Offset: 200, Length: 100}, {Offset: 400, Length: 100}}
+	q, db, fb := isoRequest(t, r, 1, true, guest, descs)
+	r.front.Submit(&q)
+	rsp, err := r.front.Wait(r.ctx, 1)
+	if err != nil || rsp.Status != usbif.StatusOK || rsp.ActualLength != 198 || rsp.ErrorCount != 1 || rsp.StartFrame != 7 {
+		t.Fatalf("iso IN response %+v %v", rsp, err)
+	}
+	want := []usbif.IsoFrameDesc{{Offset: 0, Length: 100, ActualLength: 100}, {Offset: 200, Length: 100, Status: int32(usbif.StatusIOError)}, {Offset: 400, Length: 100, ActualLength: 98}}
+	for i := range want {
+		var d usbif.IsoFrameDesc
+		d.Decode((*[usbif.IsoFrameDescSize]byte)(fb.Data[i*usbif.IsoFrameDescSize:]))
+		if d != want[i] {
+			t.Errorf("descriptor %d: %+v, want %+v", i, d, want[i])
+		}
+	}
+	if db.Data[0] != 0x40 || db.Data[99] != 0x40 || db.Data[100] != 0xee || db.Data[199] != 0xee ||
+		db.Data[400] != 0x42 || db.Data[497] != 0x42 || db.Data[498] != 0xee {
+		t.Error("iso IN data not at the packets' offsets, or the gaps changed")
+	}
+	for _, b := range []*fronttest.Buffer{db, fb} {
+		if err := b.End(); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// OUT: the device sees each packet at its offset.
+	out := make([]byte, 300)
+	for i := range out {
+		out[i] = byte(i)
+	}
+	q, db, fb = isoRequest(t, r, 2, false, out, []usbif.IsoFrameDesc{{Offset: 100, Length: 50}, {Offset: 0, Length: 10}})
+	r.front.Submit(&q)
+	if rsp, err := r.front.Wait(r.ctx, 2); err != nil || rsp.Status != usbif.StatusOK {
+		t.Fatalf("iso OUT %+v %v", rsp, err)
+	}
+	if len(r.dev.isoOut) != 2 || !bytes.Equal(r.dev.isoOut[0], out[100:150]) || !bytes.Equal(r.dev.isoOut[1], out[:10]) {
+		t.Fatalf("device saw %d packets", len(r.dev.isoOut))
+	}
+	db.End()
+	fb.End()
+
+	// Hostile descriptors: a packet beyond the data, too many packets,
+	// fewer descriptor bytes than packets (Validate).
+	for _, tc := range []struct {
+		name  string
+		descs []usbif.IsoFrameDesc
+		mut   func(*usbif.URBRequest)
+	}{
+		{"packet beyond the data", []usbif.IsoFrameDesc{{Offset: 550, Length: 100}}, nil},
+		{"offset wraps u32", []usbif.IsoFrameDesc{{Offset: 0xffffff00, Length: 0x200}}, nil},
+		{"129 packets", make([]usbif.IsoFrameDesc, 129), nil},
+		{"descriptors short", []usbif.IsoFrameDesc{{Length: 10}}, func(q *usbif.URBRequest) { q.SetIsoc(1, 0, 2, q.NrFrameDescSegs()) }},
+	} {
+		q, db, fb := isoRequest(t, r, 3, true, make([]byte, 600), tc.descs)
+		if tc.mut != nil {
+			tc.mut(&q)
+		}
+		r.front.Submit(&q)
+		if rsp, err := r.front.Wait(r.ctx, 3); err != nil || rsp.Status != usbif.StatusShutdown {
+			t.Errorf("%s: %+v %v", tc.name, rsp, err)
+		}
+		db.End()
+		fb.End()
 	}
 }
 

@@ -40,6 +40,9 @@ type PortInfo struct {
 	State    string `json:"state"`            // plugged, empty, waiting (frontend not connected)
 	Speed    string `json:"speed,omitempty"`
 	VIDPID   string `json:"vidpid,omitempty"`
+	Product  string `json:"product,omitempty"`
+	Maker    string `json:"manufacturer,omitempty"`
+	Serial   string `json:"serial,omitempty"`
 	InFlight int    `json:"in_flight"`
 	URBs     uint64 `json:"urbs"`
 	Bytes    uint64 `json:"bytes"`
@@ -56,19 +59,21 @@ func (s *Service) Add(r rules.Rule) error {
 	if int(r.Port) > ct.c.Ports {
 		return fmt.Errorf("port %d of a %d-port controller", r.Port, ct.c.Ports)
 	}
-	if r.Device == "" {
-		return errors.New("VID:PID rules need host enumeration, not yet served")
-	}
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
 	node := ct.paths.Backend + "/port/" + strconv.Itoa(int(r.Port))
-	if v, _ := s.p.XS.ReadString(node); v != "" || ct.rules[r.Port].Device != "" {
-		return fmt.Errorf("port %s is in use", r.Key())
+	if _, taken := ct.rules[r.Port]; taken {
+		return fmt.Errorf("port %s is in use by rule %s", r.Key(), ct.rules[r.Port])
+	}
+	if v, _ := s.p.XS.ReadString(node); v != "" {
+		return fmt.Errorf("port %s is in use by %s", r.Key(), v)
 	}
 	ct.rules[r.Port] = r
-	if err := s.p.XS.WriteString(node, r.Device); err != nil {
-		delete(ct.rules, r.Port)
-		return err
+	if r.Device != "" {
+		if err := s.p.XS.WriteString(node, r.Device); err != nil {
+			delete(ct.rules, r.Port)
+			return err
+		}
 	}
 	ct.syncPortsLocked()
 	return nil
@@ -114,7 +119,8 @@ func (s *Service) List() []PortInfo {
 			if int(p) < len(stats) && stats[p].Speed != usbif.SpeedNone {
 				st := stats[p]
 				pi.State, pi.Speed = "plugged", st.Speed.String()
-				pi.VIDPID = fmt.Sprintf("%04x:%04x", st.VIDPID[0], st.VIDPID[1])
+				pi.VIDPID = fmt.Sprintf("%04x:%04x", st.Identity.VID, st.Identity.PID)
+				pi.Product, pi.Maker, pi.Serial = st.Identity.Product, st.Identity.Manufacturer, st.Identity.Serial
 				pi.InFlight, pi.URBs, pi.Bytes, pi.Errors = st.InFlight, st.URBs, st.Bytes, st.Errors
 			}
 			out = append(out, pi)

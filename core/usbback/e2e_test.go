@@ -143,7 +143,7 @@ func TestEndToEndOnTheSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := New(cfg, Platform{XS: c0, Mapper: grant.NewSimMapper(d0), BackDom: 0,
-		Events: func() (evtchn.Channels, error) { return evtchn.NewSim(d0), nil }}, nil)
+		Events: func() (evtchn.Channels, error) { return evtchn.NewSim(d0), nil }}, nil, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	done := make(chan error, 1)

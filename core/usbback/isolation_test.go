@@ -79,7 +79,7 @@ func TestHostileGuestIsQuarantinedAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 	svc := New(cfg, Platform{XS: c0, Mapper: grant.NewSimMapper(d0), BackDom: 0,
-		Events: func() (evtchn.Channels, error) { return evtchn.NewSim(d0), nil }}, nil)
+		Events: func() (evtchn.Channels, error) { return evtchn.NewSim(d0), nil }}, nil, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	done := make(chan error, 1)

@@ -20,6 +20,7 @@ import (
 	"github.com/pvusb/pvusb/core/xenbus"
 	"github.com/pvusb/pvusb/stub"
 	"github.com/pvusb/pvusb/stub/msc"
+	"github.com/pvusb/pvusb/stub/usbfs"
 	"github.com/pvusb/pvusb/xs"
 )
 
@@ -32,18 +33,41 @@ type Platform struct {
 	BackDom uint32 // our domain: 0 in dom0
 }
 
-// OpenDevice opens the device a rule names. Emulated devices are built
-// in; host busids need the usbfs layer (issue 5, not yet here).
-func OpenDevice(r rules.Rule) (stub.Device, error) {
+// Devices opens what rules name: emulated devices (emu-KIND:ARG) and
+// host devices by busid, and finds host devices by identity.
+type Devices interface {
+	// Open opens a device; gone, if the device can vanish (a host device
+	// being unplugged), is called once when it does.
+	Open(device string, gone func()) (stub.Device, error)
+	// Find returns the busid of a host device with vid:pid (and serial).
+	Find(vid, pid uint16, serial string) (string, error)
+}
+
+// HostDevices is Devices on this machine: emulated devices built in,
+// host devices through usbfs.
+type HostDevices struct {
+	Host usbfs.Host
+	Log  *slog.Logger
+}
+
+// Open opens a device string as a rule or a port/N node names it.
+func (h HostDevices) Open(device string, gone func()) (stub.Device, error) {
+	r := rules.Rule{Device: device}
 	kind, arg, ok := r.Emulated()
 	if !ok {
-		return nil, fmt.Errorf("device %s: host devices are not served yet (only emu-msc:PATH)", r.Device)
+		return h.Host.Open(device, h.Log, gone)
 	}
 	switch kind {
 	case "msc":
 		return msc.Open(arg, false)
 	}
-	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc)", r.Device, kind)
+	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc)", device, kind)
+}
+
+// Find looks a host device up in sysfs by identity.
+func (h HostDevices) Find(vid, pid uint16, serial string) (string, error) {
+	i, err := h.Host.Find(vid, pid, serial)
+	return i.Busid, err
 }
 
 // Service serves every controller of a configuration. Safe for
@@ -52,28 +76,56 @@ type Service struct {
 	cfg  *rules.Config
 	p    Platform
 	log  *slog.Logger
-	open func(rules.Rule) (stub.Device, error)
+	devs Devices
 
 	ctrls map[[2]uint32]*controller // fixed after New
 }
 
-// New builds the service; Run starts it.
-func New(cfg *rules.Config, p Platform, log *slog.Logger) *Service {
+// New builds the service; Run starts it. devs nil means HostDevices on
+// this machine's sysfs and usbfs.
+func New(cfg *rules.Config, p Platform, devs Devices, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Service{cfg: cfg, p: p, log: log, open: OpenDevice, ctrls: map[[2]uint32]*controller{}}
+	if devs == nil {
+		devs = HostDevices{Host: usbfs.DefaultHost, Log: log}
+	}
+	s := &Service{cfg: cfg, p: p, log: log, devs: devs, ctrls: map[[2]uint32]*controller{}}
 	for _, c := range cfg.Controllers {
 		ct := &controller{s: s, c: c, paths: xenbus.NewPaths(c.Domid, p.BackDom, c.Devid, cfg.BackendType),
-			rules: map[uint8]rules.Rule{}, log: log.With("dom", c.Domid, "devid", c.Devid)}
+			rules: map[uint8]rules.Rule{}, gone: map[uint8]bool{}, log: log.With("dom", c.Domid, "devid", c.Devid)}
 		s.ctrls[[2]uint32{c.Domid, c.Devid}] = ct
 	}
 	for _, r := range cfg.Parsed {
-		if r.Device != "" { // VID:PID matches need host enumeration
-			s.ctrls[[2]uint32{r.Dom, r.VUSB}].rules[r.Port] = r
-		}
+		s.ctrls[[2]uint32{r.Dom, r.VUSB}].rules[r.Port] = r
 	}
 	return s
+}
+
+// Rescan re-reads every controller's ports: call it when host devices
+// come or go, so rules and port/N nodes naming them take effect.
+func (s *Service) Rescan() {
+	for _, ct := range s.ctrls {
+		ct.Changed()
+	}
+}
+
+// WatchHotplug turns the kernel's USB uevents into rescans until ctx
+// ends or next fails.
+func (s *Service) WatchHotplug(ctx context.Context, next func(context.Context) (usbfs.Event, error)) error {
+	for {
+		ev, err := next(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if ev.Action == "add" || ev.Action == "remove" {
+			s.log.Info("usbback: host device "+ev.Action, "busid", ev.Busid, "product", ev.Product)
+			s.Rescan()
+		}
+	}
 }
 
 // Run serves until ctx ends.
@@ -105,6 +157,7 @@ type controller struct {
 	ev     evtchn.Channels
 	cfg    xenbus.BackendConfig
 	ports  map[uint8]string // what is plugged: port -> device string
+	gone   map[uint8]bool   // plugged host devices that were unplugged from the host
 }
 
 func (ct *controller) run(ctx context.Context) {
@@ -239,6 +292,9 @@ func (ct *controller) Changed() {
 
 // syncPortsLocked makes the engine's ports match the rules and the port/N
 // nodes: a rule wins over an empty node; a node naming a device adds it.
+// A rule matching by VID:PID is resolved to the busid it finds now, and
+// the node follows it. A host device that left the host is unplugged;
+// its node stays, so the device comes back to the same port.
 func (ct *controller) syncPortsLocked() {
 	if ct.eng == nil {
 		return
@@ -247,31 +303,45 @@ func (ct *controller) syncPortsLocked() {
 	for p := uint8(1); int(p) <= ct.cfg.NumPorts; p++ {
 		node := ct.paths.Backend + "/port/" + strconv.Itoa(int(p))
 		want, _ := h.ReadString(node)
-		if r, ok := ct.rules[p]; ok && want == "" {
-			want = r.Device
-			_ = h.WriteString(node, want) // as libxl records an assignment
+		if r, ok := ct.rules[p]; ok && (want == "" || r.Device == "") {
+			dev := r.Device
+			if dev == "" {
+				busid, err := ct.s.devs.Find(r.VID, r.PID, r.Serial)
+				if err != nil {
+					ct.log.Debug("usbback: no host device matches yet", "rule", r.String(), "err", err)
+				}
+				dev = busid
+			}
+			if dev != want {
+				want = dev
+				_ = h.WriteString(node, want) // as libxl records an assignment
+			}
 		}
 		have := ct.ports[p]
+		if ct.gone[p] {
+			have = "" // unplugged below; plugged again when it is back
+		}
 		if want == have {
 			continue
 		}
-		if have != "" {
+		if ct.ports[p] != "" {
 			if err := ct.eng.Unplug(p); err != nil {
 				ct.log.Warn("usbback: unplug", "port", p, "err", err)
 			}
 			delete(ct.ports, p)
+			delete(ct.gone, p)
 		}
 		if want == "" {
 			continue
 		}
-		r, err := rules.Parse(want + ":" + ct.paths.Key(p))
-		if err != nil {
+		if _, err := rules.Parse(want + ":" + ct.paths.Key(p)); err != nil {
 			ct.log.Warn("usbback: port node names no device we know", "port", p, "value", want, "err", err)
 			continue
 		}
-		dev, err := ct.s.open(r)
+		port := p
+		dev, err := ct.s.devs.Open(want, func() { ct.hostGone(port) })
 		if err != nil {
-			ct.log.Warn("usbback: cannot open the device", "port", p, "err", err)
+			ct.log.Info("usbback: device not available; the port stays empty until it is", "port", p, "device", want, "err", err)
 			continue
 		}
 		if err := ct.eng.Plug(p, dev); err != nil {
@@ -281,4 +351,16 @@ func (ct *controller) syncPortsLocked() {
 		}
 		ct.ports[p] = want
 	}
+}
+
+// hostGone is a plugged host device leaving the host: the port is
+// emptied (in-flight URBs answered, then the speed-0 event).
+func (ct *controller) hostGone(port uint8) {
+	ct.mu.Lock()
+	defer ct.mu.Unlock()
+	if ct.ports[port] == "" {
+		return
+	}
+	ct.gone[port] = true
+	ct.syncPortsLocked()
 }
