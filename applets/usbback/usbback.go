@@ -17,8 +17,8 @@ import (
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/rules"
 	"github.com/pvusb/pvusb/core/sim"
-	"github.com/pvusb/pvusb/stub/usbfs"
 	svc "github.com/pvusb/pvusb/core/usbback"
+	"github.com/pvusb/pvusb/stub/usbfs"
 	"github.com/pvusb/pvusb/xs"
 )
 
