@@ -13,6 +13,8 @@ import (
 	"github.com/pvusb/pvusb/applets/help"
 	"github.com/pvusb/pvusb/core/rules"
 	svc "github.com/pvusb/pvusb/core/usbback"
+	"github.com/pvusb/pvusb/stub/libusb"
+	"github.com/pvusb/pvusb/stub/usbfs"
 )
 
 // Command returns the applet.
@@ -62,6 +64,22 @@ func Command() *cli.Command {
 					}
 					return printPorts(c.App.Writer, rsp.Ports, c.Bool("json"))
 				}},
+			{Name: "devices", Usage: "the host's USB devices a rule can name (busid, VID:PID, strings), through libusb or sysfs",
+				Flags: []cli.Flag{
+					&cli.BoolFlag{Name: "json", Usage: "print JSON"},
+					&cli.StringFlag{Name: "via", Value: "auto", Usage: "libusb, sysfs, or auto (libusb when it works here)"},
+					&cli.BoolFlag{Name: "cross-check", Usage: "list through both and fail on any disagreement"},
+				},
+				Action: func(c *cli.Context) error {
+					if c.Bool("cross-check") {
+						return crossCheck(c.App.Writer)
+					}
+					devs, via, err := hostDevices(c.String("via"))
+					if err != nil {
+						return err
+					}
+					return printDevices(c.App.Writer, devs, via, c.Bool("json"))
+				}},
 			{Name: "stats", Usage: "the traffic counters of the plugged ports", Action: func(c *cli.Context) error {
 				p, err := path(c)
 				if err != nil {
@@ -85,7 +103,64 @@ func Command() *cli.Command {
 		"pvusb vportctl del 1:0:1",
 		"pvusb vportctl list --json | jq '.[] | select(.state == \"plugged\")'",
 		"pvusb vportctl -c /etc/pvusb/rules.toml stats",
+		"pvusb vportctl devices            # what busids and VID:PIDs rules can name",
 	)
+}
+
+// hostDevices lists the host's devices through libusb or sysfs.
+func hostDevices(via string) ([]usbfs.Info, string, error) {
+	switch via {
+	case "libusb":
+		d, err := libusb.List()
+		return d, via, err
+	case "sysfs":
+		d, err := usbfs.DefaultHost.List()
+		return d, via, err
+	case "auto":
+		if d, err := libusb.List(); err == nil {
+			return d, "libusb", nil
+		}
+		d, err := usbfs.DefaultHost.List()
+		return d, "sysfs", err
+	}
+	return nil, "", fmt.Errorf("--via %q: libusb, sysfs or auto", via)
+}
+
+func printDevices(w io.Writer, devs []usbfs.Info, via string, asJSON bool) error {
+	if asJSON {
+		if devs == nil {
+			devs = []usbfs.Info{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(devs)
+	}
+	fmt.Fprintf(w, "host USB devices (through %s):\n", via)
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "BUSID\tVID:PID\tSPEED\tCLASS\tMANUFACTURER\tPRODUCT\tSERIAL")
+	for _, d := range devs {
+		fmt.Fprintf(tw, "%s\t%04x:%04x\t%s\t%02x\t%s\t%s\t%s\n", d.Busid, d.Identity.VID, d.Identity.PID, d.Mbps, d.Identity.Class,
+			dash(d.Identity.Manufacturer), dash(d.Identity.Product), dash(d.Identity.Serial))
+	}
+	return tw.Flush()
+}
+
+// crossCheck lists through libusb and sysfs and compares what both must
+// agree on: busid, bus and device numbers, identity, speed.
+func crossCheck(w io.Writer) error {
+	a, err := libusb.List()
+	if err != nil {
+		return err
+	}
+	b, err := usbfs.DefaultHost.List()
+	if err != nil {
+		return err
+	}
+	if d := usbfs.Diff(a, b); d != "" {
+		return fmt.Errorf("libusb and sysfs disagree:\n%s", d)
+	}
+	fmt.Fprintf(w, "libusb and sysfs agree on %d device(s)\n", len(a))
+	return nil
 }
 
 func printPorts(w io.Writer, ports []svc.PortInfo, asJSON bool) error {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"strconv"
 	"sync"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/pvusb/pvusb/core/rules"
 	"github.com/pvusb/pvusb/core/xenbus"
 	"github.com/pvusb/pvusb/stub"
+	"github.com/pvusb/pvusb/stub/libusb"
 	"github.com/pvusb/pvusb/stub/msc"
 	"github.com/pvusb/pvusb/stub/usbfs"
 	"github.com/pvusb/pvusb/xs"
@@ -64,8 +66,17 @@ func (h HostDevices) Open(device string, gone func()) (stub.Device, error) {
 	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc)", device, kind)
 }
 
-// Find looks a host device up in sysfs by identity.
+// Find looks a host device up by identity: through libusb when this
+// binary has it and it works here, else through sysfs.
 func (h HostDevices) Find(vid, pid uint16, serial string) (string, error) {
+	if devs, err := libusb.List(); err == nil {
+		for _, i := range devs {
+			if i.Identity.VID == vid && i.Identity.PID == pid && (serial == "" || i.Identity.Serial == serial) && !i.Hub() {
+				return i.Busid, nil
+			}
+		}
+		return "", fmt.Errorf("no USB device %04x:%04x (libusb): %w", vid, pid, os.ErrNotExist)
+	}
 	i, err := h.Host.Find(vid, pid, serial)
 	return i.Busid, err
 }

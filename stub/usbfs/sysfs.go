@@ -170,3 +170,34 @@ func (h Host) Open(busid string, log *slog.Logger, onGone func()) (*Device, erro
 	}
 	return newDevice(f, Options{Busid: busid, Identity: i.Identity, Speed: i.Speed, Config: i.Config, Log: log, OnGone: onGone})
 }
+
+// Diff compares two listings of the same host (libusb's and sysfs') on
+// what both must agree on, and describes every difference ("" if none).
+func Diff(a, b []Info) string {
+	key := func(i Info) string {
+		return fmt.Sprintf("%s bus %d dev %d %04x:%04x class %02x speed %s %q %q %q", i.Busid, i.Bus, i.Dev,
+			i.Identity.VID, i.Identity.PID, i.Identity.Class, i.Mbps, i.Identity.Manufacturer, i.Identity.Product, i.Identity.Serial)
+	}
+	ka, kb := map[string]string{}, map[string]string{}
+	for _, i := range a {
+		ka[i.Busid] = key(i)
+	}
+	for _, i := range b {
+		kb[i.Busid] = key(i)
+	}
+	var out []string
+	for busid, x := range ka {
+		if y, ok := kb[busid]; !ok {
+			out = append(out, "only in the first: "+x)
+		} else if x != y {
+			out = append(out, "first:  "+x+"\nsecond: "+y)
+		}
+	}
+	for busid, y := range kb {
+		if _, ok := ka[busid]; !ok {
+			out = append(out, "only in the second: "+y)
+		}
+	}
+	sort.Strings(out)
+	return strings.Join(out, "\n")
+}

@@ -105,3 +105,18 @@ func TestOpenRefusals(t *testing.T) {
 		t.Fatalf("no USB: %v", err)
 	}
 }
+
+func TestDiffNamesEveryDisagreement(t *testing.T) {
+	h := fakeSys(t)
+	a, _ := h.List()
+	b, _ := h.List()
+	if d := Diff(a, b); d != "" {
+		t.Fatalf("same listing differs: %s", d)
+	}
+	b[0].Identity.Serial = "OTHER"
+	b = b[:len(b)-1]
+	d := Diff(a, b)
+	if !strings.Contains(d, `"LABSTICK01"`) || !strings.Contains(d, `"OTHER"`) || !strings.Contains(d, "only in the first: 2-1") {
+		t.Fatalf("diff:\n%s", d)
+	}
+}
