@@ -121,7 +121,10 @@ type Config struct {
 	Control string `toml:"control"`
 	// BackendType is the XenStore device class of our backend dirs:
 	// "vusb" (libxl's type=pv, the default).
-	BackendType string       `toml:"backend-type"`
+	BackendType string `toml:"backend-type"`
+	// Adopt: also serve controllers the toolstack creates for any guest
+	// (xl's usbctrl = ["type=pv,…"]); rules may name their ports ahead.
+	Adopt       bool         `toml:"adopt"`
 	Controllers []Controller `toml:"controller"`
 	Rules       []string     `toml:"rules"`
 	Matches     []Match      `toml:"match"`
@@ -192,9 +195,9 @@ func Decode(src string) (*Config, error) {
 	}
 	ports := map[string]bool{}
 	add := func(r Rule) error {
-		if ct := c.Controller(r.Dom, r.VUSB); ct == nil {
-			return fmt.Errorf("rule %s: no controller dom%d/%d in rules.toml", r, r.Dom, r.VUSB)
-		} else if int(r.Port) > ct.Ports {
+		if ct := c.Controller(r.Dom, r.VUSB); ct == nil && !c.Adopt {
+			return fmt.Errorf("rule %s: no controller dom%d/%d in rules.toml (or adopt = true)", r, r.Dom, r.VUSB)
+		} else if ct != nil && int(r.Port) > ct.Ports {
 			return fmt.Errorf("rule %s: port %d of a %d-port controller", r, r.Port, ct.Ports)
 		}
 		if ports[r.Key()] {

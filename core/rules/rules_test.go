@@ -90,3 +90,13 @@ func TestStrictConfig(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+func TestAdoptLetsRulesNameControllersAhead(t *testing.T) {
+	if _, err := Decode(`rules = ["1-1:3:0:1"]`); err == nil {
+		t.Fatal("a rule for an unknown controller was accepted without adopt")
+	}
+	c, err := Decode("adopt = true\nrules = [\"1-1:3:0:1\"]\n")
+	if err != nil || !c.Adopt || len(c.Parsed) != 1 || c.Parsed[0].Dom != 3 {
+		t.Fatalf("%+v %v", c, err)
+	}
+}

@@ -52,7 +52,7 @@ type PortInfo struct {
 // Add puts a rule on its port, live: the port/N node records it and the
 // device is plugged if the frontend is connected.
 func (s *Service) Add(r rules.Rule) error {
-	ct := s.ctrls[[2]uint32{r.Dom, r.VUSB}]
+	ct := s.controller(r.Dom, r.VUSB)
 	if ct == nil {
 		return fmt.Errorf("no controller dom%d/%d", r.Dom, r.VUSB)
 	}
@@ -82,7 +82,7 @@ func (s *Service) Add(r rules.Rule) error {
 // Del empties a port, live: in-flight URBs are answered, then the
 // frontend sees the device leave.
 func (s *Service) Del(dom, vusb uint32, port uint8) error {
-	ct := s.ctrls[[2]uint32{dom, vusb}]
+	ct := s.controller(dom, vusb)
 	if ct == nil {
 		return fmt.Errorf("no controller dom%d/%d", dom, vusb)
 	}
@@ -99,7 +99,7 @@ func (s *Service) Del(dom, vusb uint32, port uint8) error {
 // List describes every port of every controller.
 func (s *Service) List() []PortInfo {
 	var out []PortInfo
-	for _, ct := range s.ctrls {
+	for _, ct := range s.controllers() {
 		ct.mu.Lock()
 		eng := ct.eng
 		ct.mu.Unlock()

@@ -89,7 +89,37 @@ type Service struct {
 	log  *slog.Logger
 	devs Devices
 
-	ctrls map[[2]uint32]*controller // fixed after New
+	mu    sync.Mutex
+	ctrls map[[2]uint32]*controller // rules.toml's, and adopted ones while they live
+}
+
+// controller finds a controller by domain and devid.
+func (s *Service) controller(dom, devid uint32) *controller {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ctrls[[2]uint32{dom, devid}]
+}
+
+// controllers is a snapshot of the controllers.
+func (s *Service) controllers() []*controller {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*controller, 0, len(s.ctrls))
+	for _, ct := range s.ctrls {
+		out = append(out, ct)
+	}
+	return out
+}
+
+func (s *Service) newController(c rules.Controller) *controller {
+	ct := &controller{s: s, c: c, paths: xenbus.NewPaths(c.Domid, s.p.BackDom, c.Devid, s.cfg.BackendType),
+		rules: map[uint8]rules.Rule{}, gone: map[uint8]bool{}, log: s.log.With("dom", c.Domid, "devid", c.Devid)}
+	for _, r := range s.cfg.Parsed {
+		if r.Dom == c.Domid && r.VUSB == c.Devid {
+			ct.rules[r.Port] = r
+		}
+	}
+	return ct
 }
 
 // New builds the service; Run starts it. devs nil means HostDevices on
@@ -103,12 +133,7 @@ func New(cfg *rules.Config, p Platform, devs Devices, log *slog.Logger) *Service
 	}
 	s := &Service{cfg: cfg, p: p, log: log, devs: devs, ctrls: map[[2]uint32]*controller{}}
 	for _, c := range cfg.Controllers {
-		ct := &controller{s: s, c: c, paths: xenbus.NewPaths(c.Domid, p.BackDom, c.Devid, cfg.BackendType),
-			rules: map[uint8]rules.Rule{}, gone: map[uint8]bool{}, log: log.With("dom", c.Domid, "devid", c.Devid)}
-		s.ctrls[[2]uint32{c.Domid, c.Devid}] = ct
-	}
-	for _, r := range cfg.Parsed {
-		s.ctrls[[2]uint32{r.Dom, r.VUSB}].rules[r.Port] = r
+		s.ctrls[[2]uint32{c.Domid, c.Devid}] = s.newController(c)
 	}
 	return s
 }
@@ -116,7 +141,7 @@ func New(cfg *rules.Config, p Platform, devs Devices, log *slog.Logger) *Service
 // Rescan re-reads every controller's ports: call it when host devices
 // come or go, so rules and port/N nodes naming them take effect.
 func (s *Service) Rescan() {
-	for _, ct := range s.ctrls {
+	for _, ct := range s.controllers() {
 		ct.Changed()
 	}
 }
@@ -142,15 +167,100 @@ func (s *Service) WatchHotplug(ctx context.Context, next func(context.Context) (
 // Run serves until ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
-	for _, ct := range s.ctrls {
+	for _, ct := range s.controllers() {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			ct.run(ctx)
 		}()
 	}
+	var err error
+	if s.cfg.Adopt {
+		err = s.adopt(ctx, &wg)
+	}
 	wg.Wait()
+	if err != nil {
+		return err
+	}
 	return ctx.Err()
+}
+
+// adopt serves the controllers the toolstack creates (xl's usbctrl =
+// ["type=pv,…"], or a libxl-style writer): it watches our backend class
+// directory and starts a controller for each new device whose backend
+// state is Initialising, as libxl leaves it; one already past that
+// belongs to another backend (or an earlier life) and is left alone.
+func (s *Service) adopt(ctx context.Context, wg *sync.WaitGroup) error {
+	base := fmt.Sprintf("/local/domain/%d/backend/%s", s.p.BackDom, s.cfg.BackendType)
+	w, err := s.p.XS.Watch(base, "usbback-adopt")
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", base, err)
+	}
+	defer w.Unwatch()
+	s.log.Info("usbback: adopting controllers the toolstack creates", "dir", base)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-w.Events:
+			if !ok {
+				return fmt.Errorf("watch %s ended", base)
+			}
+		}
+		for _, ct := range s.discover(base) {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ct.run(ctx)
+				s.mu.Lock()
+				if s.ctrls[[2]uint32{ct.c.Domid, ct.c.Devid}] == ct {
+					delete(s.ctrls, [2]uint32{ct.c.Domid, ct.c.Devid})
+				}
+				s.mu.Unlock()
+				ct.log.Info("usbback: adopted controller gone")
+			}()
+		}
+	}
+}
+
+// discover lists base/F/D and returns new controllers to serve. Every
+// value is read once and checked: the guest can write none of these
+// nodes, but a half-written or foreign directory must not fault.
+func (s *Service) discover(base string) []*controller {
+	h := s.p.XS.Handle
+	doms, _ := h.Directory(base)
+	var out []*controller
+	for _, fs := range doms {
+		f, err := strconv.ParseUint(fs, 10, 16)
+		if err != nil || f == 0 {
+			continue
+		}
+		devs, _ := h.Directory(base + "/" + fs)
+		for _, ds := range devs {
+			d, err := strconv.ParseUint(ds, 10, 32)
+			if err != nil || s.controller(uint32(f), uint32(d)) != nil {
+				continue
+			}
+			dir := base + "/" + fs + "/" + ds
+			if st, err := xenbus.ReadState(h, dir); err != nil || st != xenbus.Initialising {
+				continue
+			}
+			cfg, err := xenbus.ReadBackendConfig(h, dir)
+			if err != nil {
+				continue // not complete yet: the next event looks again
+			}
+			ct := s.newController(rules.Controller{Domid: uint32(f), Devid: uint32(d), Ports: cfg.NumPorts, USBVer: cfg.USBVer})
+			ct.adopted = true
+			s.mu.Lock()
+			if s.ctrls[[2]uint32{ct.c.Domid, ct.c.Devid}] == nil {
+				s.ctrls[[2]uint32{ct.c.Domid, ct.c.Devid}] = ct
+				out = append(out, ct)
+				ct.log.Info("usbback: adopting a controller the toolstack created", "ports", cfg.NumPorts, "usb-ver", cfg.USBVer)
+			}
+			s.mu.Unlock()
+		}
+	}
+	return out
 }
 
 // controller is one vusb: its XenBus machine and, while connected, its engine.
@@ -169,6 +279,8 @@ type controller struct {
 	cfg    xenbus.BackendConfig
 	ports  map[uint8]string // what is plugged: port -> device string
 	gone   map[uint8]bool   // plugged host devices that were unplugged from the host
+	// adopted: created by the toolstack, served while it lives.
+	adopted bool
 }
 
 func (ct *controller) run(ctx context.Context) {
@@ -190,6 +302,9 @@ func (ct *controller) run(ctx context.Context) {
 			if !ct.c.Create {
 				return // libxl removed it; it will create it again
 			}
+		case ct.adopted:
+			ct.log.Error("usbback: controller failed", "err", err)
+			return
 		default:
 			ct.log.Error("usbback: controller failed", "err", err)
 			return
