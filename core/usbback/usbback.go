@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/pvusb/pvusb/core/backend"
 	"github.com/pvusb/pvusb/core/evtchn"
@@ -291,7 +292,8 @@ func (ct *controller) run(ctx context.Context) {
 				return
 			}
 		}
-		b := &xenbus.Backend{C: ct.s.p.XS, P: ct.paths, Driver: ct, Log: ct.s.log} // it adds dom and devid itself
+		b := &xenbus.Backend{C: ct.s.p.XS, P: ct.paths, Driver: ct, Log: ct.s.log, // it adds dom and devid itself
+			CloseTimeout: closeTimeout}
 		err := b.Run(ctx)
 		ct.Disconnect()
 		switch {
@@ -357,6 +359,11 @@ func (ct *controller) create(ctx context.Context) error {
 		return nil
 	})
 }
+
+// closeTimeout is how long a controller the toolstack removes waits for
+// the frontend to close before writing Closed itself (a destroyed guest
+// never answers; libxl gives a pv backend about 10 s).
+const closeTimeout = 3 * time.Second
 
 func u(v uint32) string { return strconv.FormatUint(uint64(v), 10) }
 

@@ -38,6 +38,12 @@ type Backend struct {
 	// Timeout bounds the wait for the frontend to connect after InitWait;
 	// 0 waits forever, as QEMU does. On expiry the device faults.
 	Timeout time.Duration
+	// CloseTimeout bounds the wait for the frontend to close after the
+	// toolstack asked for removal (online 0, state Closing): a guest being
+	// destroyed never answers, and libxl waits for a pv backend's Closed
+	// only about 10 s before it forces the removal with an error. On expiry
+	// the backend writes Closed itself; 0 waits forever.
+	CloseTimeout time.Duration
 }
 
 type bePhase int
@@ -95,6 +101,15 @@ func (b *Backend) Run(ctx context.Context) error {
 	for {
 		if err := ev.wait(ctx, timer); err != nil {
 			disconnect()
+			if err == errTimeout && phase == beClosing {
+				timer = nil
+				if err := WriteState(h, be, Closed); err != nil {
+					return err
+				}
+				phase = beClosed
+				log.Info("xenbus backend: the frontend did not close; Closed for the toolstack", "after", b.CloseTimeout)
+				continue
+			}
 			if err == errTimeout {
 				return fault(h, be, ETIMEDOUT, "frontend did not connect within %v", b.Timeout)
 			}
@@ -122,6 +137,9 @@ func (b *Backend) Run(ctx context.Context) error {
 			disconnect()
 			phase = beClosing
 			timer = nil
+			if b.CloseTimeout > 0 {
+				timer = time.After(b.CloseTimeout)
+			}
 			log.Info("xenbus backend: closing at the toolstack's request")
 		}
 		switch {
@@ -135,9 +153,13 @@ func (b *Backend) Run(ctx context.Context) error {
 					}
 					log.Info("xenbus backend: mirrored frontend", "state", fst)
 				}
+				if phase != beClosing {
+					timer = nil
+				}
 				phase = beClosing
 				if fst == Closed {
 					phase = beClosed
+					timer = nil
 				}
 			}
 			continue

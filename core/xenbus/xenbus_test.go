@@ -213,6 +213,44 @@ func TestBackendServesXenHCDSequence(t *testing.T) {
 	}
 }
 
+// xl destroy: the guest is gone and its frontend never answers the
+// toolstack's Closing; the backend writes Closed itself after
+// CloseTimeout, before libxl's own ~10 s timeout forces an error.
+func TestBackendClosesForTheToolstackWhenTheFrontendIsDead(t *testing.T) {
+	w := newWorld(t)
+	w.libxlCreate(t, "4", "2")
+	rec := &recorder{}
+	b := &Backend{C: w.c0, P: w.p, Driver: rec, CloseTimeout: 100 * time.Millisecond}
+	errc := make(chan error, 1)
+	go func() { errc <- b.Run(w.ctx) }()
+	be, fe := w.p.Backend, w.p.Frontend
+	w.waitValue(t, w.c1, be+"/state", "2")
+	w.c1.Transaction(w.ctx, func(tx xs.Handle) error {
+		tx.WriteString(fe+"/urb-ring-ref", "1")
+		tx.WriteString(fe+"/conn-ring-ref", "2")
+		return tx.WriteString(fe+"/event-channel", "3")
+	})
+	WriteState(w.c1.Handle, fe, Connected)
+	w.waitValue(t, w.c1, be+"/state", "4")
+	w.c0.Transaction(w.ctx, func(tx xs.Handle) error {
+		tx.WriteString(be+"/online", "0")
+		return WriteState(tx, be, Closing)
+	})
+	// The frontend stays Connected: its domain is being destroyed.
+	w.waitValue(t, w.c0, be+"/state", "6")
+	if v, _ := w.c0.ReadString(fe + "/state"); v != "4" {
+		t.Fatalf("frontend state %q: the backend must not write the guest's nodes", v)
+	}
+	if rec.count("disconnect") != 1 {
+		t.Errorf("calls %v", rec.calls)
+	}
+	w.c0.Rm(be)
+	w.c0.Rm(fe)
+	if err := w.result(t, errc); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestBackendAgainstHostileFrontends(t *testing.T) {
 	for _, tc := range []struct {
 		name     string
