@@ -51,6 +51,9 @@ func New(d Descriptors, fn Function, speed usbif.Speed) *Device {
 	return &Device{d: d, fn: fn, speed: speed}
 }
 
+// Function is the class-specific part, for the package that made it.
+func (dv *Device) Function() Function { return dv.fn }
+
 // DeviceDescriptor is the device descriptor.
 func (dv *Device) DeviceDescriptor() []byte { return dv.d.Device }
 
@@ -75,9 +78,11 @@ func (dv *Device) Submit(t *stub.Transfer) error {
 	s := t.Setup
 	var n int
 	var err error
-	if s.Standard() {
+	if s.Standard() && !(s.Request == usbif.ReqGetDescriptor && s.Recipient() == usbif.RecipientInterface) {
 		n, err = dv.standard(s, t.Buffer)
 	} else {
+		// Class and vendor requests, and class descriptors asked of an
+		// interface (HID's report descriptor, HID 1.11 §7.1.1).
 		n, err = dv.fn.Control(s, t.Buffer)
 	}
 	if err != nil {
