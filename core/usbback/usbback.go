@@ -21,6 +21,8 @@ import (
 	"github.com/pvusb/pvusb/core/rules"
 	"github.com/pvusb/pvusb/core/xenbus"
 	"github.com/pvusb/pvusb/stub"
+	"github.com/pvusb/pvusb/stub/acm"
+	"github.com/pvusb/pvusb/stub/hid"
 	"github.com/pvusb/pvusb/stub/libusb"
 	"github.com/pvusb/pvusb/stub/msc"
 	"github.com/pvusb/pvusb/stub/usbfs"
@@ -63,8 +65,14 @@ func (h HostDevices) Open(device string, gone func()) (stub.Device, error) {
 	switch kind {
 	case "msc":
 		return msc.Open(arg, false)
+	case "kbd":
+		return hid.Open(hid.Keyboard, arg)
+	case "mouse":
+		return hid.Open(hid.Mouse, arg)
+	case "acm":
+		return acm.Open(arg)
 	}
-	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc)", device, kind)
+	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc:IMAGE, emu-kbd:EVENTS, emu-mouse:EVENTS, emu-acm:TTYLINK)", device, kind)
 }
 
 // Find looks a host device up by identity: through libusb when this
