@@ -48,10 +48,10 @@ func TestExampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Sim != "/run/pvusb-sim" || len(c.Controllers) != 1 || c.Controllers[0].Ports != 8 || !c.Controllers[0].Create || len(c.Parsed) != 3 {
+	if c.Sim != "/run/pvusb-sim" || len(c.Controllers) != 1 || c.Controllers[0].Ports != 8 || !c.Controllers[0].Create || !c.Adopt || len(c.Parsed) != 5 {
 		t.Fatalf("%+v", c)
 	}
-	if m := c.Parsed[2]; m.VID != 0x0781 || m.PID != 0x5567 || m.Serial != "4C530001" || m.Port != 2 || m.String() != "0781:5567/4C530001:1:0:2" {
+	if m := c.Parsed[4]; m.VID != 0x0781 || m.PID != 0x5567 || m.Serial != "4C530001" || m.Port != 2 || m.String() != "0781:5567/4C530001:1:0:2" {
 		t.Errorf("match rule %+v", m)
 	}
 }
