@@ -107,7 +107,8 @@ grep -qi "error\|timeout\|timed out" /tmp/xl-destroy.log && { cat /tmp/xl-destro
 i=0
 while xenstore-exists $BE 2>/dev/null && [ $i -lt 100 ]; do sleep 0.2; i=$((i + 1)); done
 xenstore-exists $BE 2>/dev/null && fail backend-nodes-left
-grep -q "Closed for the toolstack\|mirrored frontend.*Closed\|state=Closed" $UBLOG && note backend_closed=yes
+grep -q "Closed for the toolstack\|mirrored frontend.*Closed\|frontend vanished" $UBLOG || fail backend-never-closed
+note backend_closed=yes
 waitdriver usb-storage 30 || fail "dom0-did-not-get-it-back-after-destroy-driver-$(driver)"
 note dom0_back_after_destroy=usb-storage
 pvusb vportctl -s /run/pvusb/host.sock list >/tmp/list-after.txt 2>&1
