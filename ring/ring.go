@@ -142,3 +142,11 @@ func checkPage(page []byte) {
 // notifyNeeded is the test of RING_PUSH_*_AND_CHECK_NOTIFY: the peer asked
 // to be woken at event, and the push moved prod from old past it.
 func notifyNeeded(old, new, event uint32) bool { return new-event < new-old }
+
+// StoreIndex writes a header word (OffReqProd … OffRspEvent) the way a
+// peer would, atomically. For tests and tools that play a lying peer on
+// a live page; the rings themselves never need it.
+func StoreIndex(page []byte, off int, v uint32) {
+	checkPage(page)
+	store(page, off, v)
+}

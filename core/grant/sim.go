@@ -284,7 +284,19 @@ type simGrant struct {
 	ended int // refs[:ended] are revoked
 }
 
-func (s *simGrant) Refs() []Ref   { return s.refs }
+func (s *simGrant) Refs() []Ref { return s.refs }
+
+// Mapped reports whether the grantee still maps any of the pages (the
+// check hardened xen-hcd makes before reusing them).
+func (s *simGrant) Mapped() bool {
+	for _, r := range s.refs[s.ended:] {
+		if s.g.d.InUse(uint32(r)) {
+			return true
+		}
+	}
+	return false
+}
+
 func (s *simGrant) Bytes() []byte { return s.b }
 
 // End revokes each grant; a page the grantee still maps stops it with

@@ -340,6 +340,13 @@ func (d *Domain) GrantAccess(dom uint32, frame uint32, writable bool) (uint32, e
 	return ref, nil
 }
 
+// InUse reports whether the grantee maps (or copies through) ref now:
+// the reading or writing flag the hypervisor sets, which is what
+// gnttab_try_end_foreign_access looks at.
+func (d *Domain) InUse(ref uint32) bool {
+	return loadWord(wordAt(d.gt, int(ref)*GrantEntrySize))&(GTFReading|GTFWriting) != 0
+}
+
 // ErrStillMapped is EndAccess's answer while the grantee maps the page.
 var ErrStillMapped = errors.New("sim: grant still mapped by the grantee")
 
