@@ -53,7 +53,9 @@ func (e *StatusError) Error() string { return fmt.Sprintf("%s: %v", e.Op, e.Stat
 var ErrStall = errors.New("usbhost: stall")
 
 // Is makes errors.Is(err, ErrStall) work for a stalled transfer.
-func (e *StatusError) Is(target error) bool { return target == ErrStall && e.Status == usbif.StatusStall }
+func (e *StatusError) Is(target error) bool {
+	return target == ErrStall && e.Status == usbif.StatusStall
+}
 
 // Do submits u and waits for it (a cancelled ctx unlinks it).
 func Do(ctx context.Context, f *frontend.Frontend, u *frontend.URB) error {
