@@ -14,17 +14,31 @@ import (
 // (read-only for a read-only map); Map mmaps exactly the granted frames,
 // side by side in one reserved range.
 //
-// Copy is the data path: one checked map request per direction for all
-// segments, then plain copies through a cached view of the granter's RAM,
-// then one unmap request. The grants are marked in use for the duration,
-// so the granter cannot end access mid-copy, as on Xen. The cached view
-// means this process can reach all of the granter's RAM: acceptable for a
-// simulator of a privileged dom0; real Xen checks every page.
+// Copy is the data path. In dom0 it runs as Xen's GNTTABOP_copy does, in
+// the caller: each segment's grant is checked and pinned in the granter's
+// shared grant table (sim.Pin: the same entries and active counts the
+// hypervisor's maps use), the bytes copied, the grant unpinned; no round
+// trip. The granter cannot end access mid-copy, as on Xen. Elsewhere (a
+// driver domain) it asks the hypervisor: one checked map request per
+// direction, copies through a cached view of the granter's RAM, one
+// unmap. Either way this process can reach all of the granter's RAM:
+// acceptable for a simulator of a privileged backend; Xen checks every
+// page in the hypervisor.
 type SimMapper struct {
 	d *sim.Domain
 
 	mu    sync.Mutex
 	views map[viewKey]*ramView
+
+	tmu    sync.RWMutex
+	tables map[uint32]*simTable // dom0: granters' tables, until they leave
+	local  bool                 // false once the hypervisor refused us the tables
+}
+
+// simTable is a granter's RAM and grant table, mapped for local copies.
+type simTable struct {
+	ram, gt  []byte
+	ramPages int
 }
 
 type viewKey struct {
@@ -38,7 +52,106 @@ type ramView struct {
 }
 
 // NewSimMapper maps grants as domain d.
-func NewSimMapper(d *sim.Domain) *SimMapper { return &SimMapper{d: d, views: map[viewKey]*ramView{}} }
+func NewSimMapper(d *sim.Domain) *SimMapper {
+	m := &SimMapper{d: d, views: map[viewKey]*ramView{}, tables: map[uint32]*simTable{}, local: d.ID == 0}
+	d.OnDomainLeft(m.forget)
+	return m
+}
+
+// forget drops a granter's tables when it leaves: a domid that joins
+// again is a new domain with new memory.
+func (m *SimMapper) forget(dom uint32) {
+	m.tmu.Lock()
+	defer m.tmu.Unlock()
+	if t := m.tables[dom]; t != nil {
+		unix.Munmap(t.ram)
+		unix.Munmap(t.gt)
+		delete(m.tables, dom)
+	}
+}
+
+// table returns dom's tables with m.tmu read-locked (the caller unlocks),
+// fetching them once.
+func (m *SimMapper) table(dom uint32) (*simTable, error) {
+	m.tmu.RLock()
+	if t := m.tables[dom]; t != nil {
+		return t, nil
+	}
+	m.tmu.RUnlock()
+	ramFD, gtFD, _, err := m.d.GrantTable(dom)
+	if err != nil {
+		m.tmu.RLock()
+		return nil, err
+	}
+	defer unix.Close(ramFD)
+	defer unix.Close(gtFD)
+	var st unix.Stat_t
+	if err := unix.Fstat(ramFD, &st); err != nil {
+		m.tmu.RLock()
+		return nil, err
+	}
+	t := &simTable{ramPages: int(st.Size / PageSize)}
+	if t.ram, err = unix.Mmap(ramFD, 0, int(st.Size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+		if t.gt, err = unix.Mmap(gtFD, 0, sim.TablePages*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+			unix.Munmap(t.ram)
+		}
+	}
+	if err != nil {
+		m.tmu.RLock()
+		return nil, err
+	}
+	m.tmu.Lock()
+	if old := m.tables[dom]; old != nil {
+		unix.Munmap(t.ram)
+		unix.Munmap(t.gt)
+		t = old
+	} else {
+		m.tables[dom] = t
+	}
+	m.tmu.Unlock()
+	m.tmu.RLock()
+	if m.tables[dom] != t { // it left meanwhile
+		return nil, sim.ErrBadDomain
+	}
+	return t, nil
+}
+
+// copyLocal is Copy in dom0: pin, copy, unpin, per segment.
+func (m *SimMapper) copyLocal(segs []CopySegment) error {
+	var first error
+	for i := range segs {
+		s := &segs[i]
+		if len(s.Local) > PageSize || int(s.Offset)+len(s.Local) > PageSize {
+			s.Status = StatusBadCopyArg
+		} else {
+			s.Status = m.copyPinned(s)
+		}
+		if s.Status != StatusOkay && first == nil {
+			first = &OpError{Op: "copy", Dom: s.Dom, Ref: s.Ref, Err: s.Status}
+		}
+	}
+	return first
+}
+
+func (m *SimMapper) copyPinned(s *CopySegment) Status {
+	t, err := m.table(s.Dom)
+	defer m.tmu.RUnlock()
+	if err != nil {
+		return statusOf(err)
+	}
+	frame, err := sim.Pin(t.gt, t.ramPages, uint32(s.Ref), m.d.ID, s.ToGrant)
+	if err != nil {
+		return statusOf(err)
+	}
+	page := t.ram[int(frame)*PageSize+int(s.Offset):]
+	if s.ToGrant {
+		copy(page, s.Local)
+	} else {
+		copy(s.Local, page)
+	}
+	sim.Unpin(t.gt, uint32(s.Ref), s.ToGrant)
+	return StatusOkay
+}
 
 func simErr(op string, dom uint32, ref Ref, err error, writable bool) error {
 	if writable && errors.Is(err, sim.ErrPermission) {
@@ -103,6 +216,9 @@ func (s *simMapping) Unmap() error {
 func (m *SimMapper) Copy(segs []CopySegment) error {
 	if len(segs) > MaxBatch {
 		return checkBatch("copy", segs[0].Dom, len(segs))
+	}
+	if m.local {
+		return m.copyLocal(segs)
 	}
 	var first error
 	note := func(s *CopySegment) {
@@ -224,6 +340,8 @@ func (m *SimMapper) copyOne(s *CopySegment) {
 
 func statusOf(err error) Status {
 	switch {
+	case errors.Is(err, sim.ErrPinBusy), errors.Is(err, sim.ErrPinCount):
+		return StatusEagain
 	case errors.Is(err, sim.ErrPermission):
 		return StatusPermissionDenied
 	case errors.Is(err, sim.ErrBadGntref):
@@ -234,14 +352,22 @@ func statusOf(err error) Status {
 	return StatusGeneralError
 }
 
-// Close drops the cached RAM views; mappings belong to the domain's connection.
+// Close drops the cached RAM views and tables; mappings belong to the
+// domain's connection.
 func (m *SimMapper) Close() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for k, v := range m.views {
 		unix.Munmap(v.b)
 		delete(m.views, k)
 	}
+	m.mu.Unlock()
+	m.tmu.Lock()
+	for dom, t := range m.tables {
+		unix.Munmap(t.ram)
+		unix.Munmap(t.gt)
+		delete(m.tables, dom)
+	}
+	m.tmu.Unlock()
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/sim"
@@ -53,5 +54,39 @@ func TestSimGrantCopyAndChecks(t *testing.T) {
 	}
 	if _, err := m.Map(1, out.Refs(), false); err == nil {
 		t.Error("ended grant mapped")
+	}
+}
+
+// dom0 copies through cached tables; a domain that leaves and joins again
+// under the same domid is new memory, and copies follow it.
+func TestSimCopyFollowsADomainThatJoinsAgain(t *testing.T) {
+	h := simtest.Start(t)
+	d0 := simtest.Join(t, h, 0)
+	m := grant.NewSimMapper(d0)
+	for round := 0; round < 2; round++ {
+		d1, err := sim.Join(h.Dir(), 1)
+		for i := 0; err != nil && i < 1000; i++ { // the hypervisor releases the old one asynchronously
+			time.Sleep(5 * time.Millisecond)
+			d1, err = sim.Join(h.Dir(), 1)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		g, _ := grant.NewSimGranter(d1).Grant(0, 1, false)
+		msg := []byte{'r', 'o', 'u', 'n', 'd', byte('0' + round)}
+		copy(g.Bytes(), msg)
+		seg := []grant.CopySegment{{Dom: 1, Ref: g.Refs()[0], Local: make([]byte, len(msg))}}
+		// The leave notice reaches dom0 asynchronously: retry until the
+		// copy sees this incarnation's page.
+		for i := 0; ; i++ {
+			if err := m.Copy(seg); err == nil && bytes.Equal(seg[0].Local, msg) {
+				break
+			}
+			if i > 1000 {
+				t.Fatalf("round %d: copy %q %v", round, seg[0].Local, seg[0].Status)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		d1.Close()
 	}
 }

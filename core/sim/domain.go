@@ -31,6 +31,7 @@ type Domain struct {
 	err      error
 	done     chan struct{}
 	onClosed []func(port uint32)
+	onLeft   []func(dom uint32)
 
 	amu      sync.Mutex
 	used     []bool   // RAM frames in use
@@ -55,7 +56,7 @@ func JoinRAM(dir string, dom uint32, ramPages int) (*Domain, error) {
 	if err != nil {
 		return nil, err
 	}
-	gtFD, err := newMemfd("pvusb-grant-table", GrantTablePages)
+	gtFD, err := newMemfd("pvusb-grant-table", TablePages)
 	if err != nil {
 		unix.Close(ramFD)
 		return nil, err
@@ -68,7 +69,7 @@ func JoinRAM(dir string, dom uint32, ramPages int) (*Domain, error) {
 	if d.ram, err = unix.Mmap(ramFD, 0, ramPages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return fail(err)
 	}
-	if d.gt, err = unix.Mmap(gtFD, 0, GrantTablePages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+	if d.gt, err = unix.Mmap(gtFD, 0, TablePages*4096, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return fail(err)
 	}
 	for r := uint32(GrantEntries - 1); r >= FirstGrantRef; r-- {
@@ -148,6 +149,14 @@ func (d *Domain) OnPeerClosed(fn func(port uint32)) {
 	d.mu.Unlock()
 }
 
+// OnDomainLeft registers fn to hear that another domain left (dom0 only:
+// its grant copies cache other domains' tables).
+func (d *Domain) OnDomainLeft(fn func(dom uint32)) {
+	d.mu.Lock()
+	d.onLeft = append(d.onLeft, fn)
+	d.mu.Unlock()
+}
+
 func (d *Domain) readLoop() {
 	rd := new(reader)
 	for {
@@ -159,11 +168,17 @@ func (d *Domain) readLoop() {
 		if r.Event != "" {
 			closeAll(fds)
 			d.mu.Lock()
-			fns := append([]func(uint32){}, d.onClosed...)
+			closed := append([]func(uint32){}, d.onClosed...)
+			left := append([]func(uint32){}, d.onLeft...)
 			d.mu.Unlock()
-			if r.Event == "peer_closed" {
-				for _, fn := range fns {
+			switch r.Event {
+			case "peer_closed":
+				for _, fn := range closed {
 					fn(r.Port)
+				}
+			case "domain_left":
+				for _, fn := range left {
+					fn(r.Dom)
 				}
 			}
 			continue
@@ -241,6 +256,19 @@ func (d *Domain) MapGrants(dom uint32, refs []uint32, writable bool) (Mapped, er
 		return Mapped{RAMFD: -1}, fmt.Errorf("sim map: %d frames for %d refs", len(r.Frames), len(refs))
 	}
 	return Mapped{Frames: r.Frames, Handle: r.Handle, RAMFD: fds[0], Gen: r.Gen}, nil
+}
+
+// GrantTable hands dom0 another domain's RAM and grant table (entries
+// and active table), both writable, for grant copies that pin grants in
+// shared memory as the hypervisor does (Pin, Unpin): what
+// IOCTL_GNTDEV_GRANT_COPY asks of Xen, done without a round trip. The
+// caller mmaps and closes both descriptors; Gen names the incarnation.
+func (d *Domain) GrantTable(dom uint32) (ramFD, gtFD int, gen uint64, err error) {
+	r, fds, err := d.call(request{Op: "grant_table", Dom: dom})
+	if err != nil {
+		return -1, -1, 0, err
+	}
+	return fds[0], fds[1], r.Gen, nil
 }
 
 // UnmapGrants releases a mapping made by MapGrants.

@@ -26,21 +26,19 @@ type Hypervisor struct {
 	xs0  net.Listener
 	mu   sync.Mutex
 	doms map[uint32]*domain
-	// maptrack counts live mappings per grant, as Xen's maptrack does: the
-	// entry's reading/writing flags stay set while any mapping lives.
-	maptrack   map[grantKey]*trackCount
+	// Mappings pin grants in the granter's shared active table (Pin), so
+	// the entry's reading/writing flags stay set while any lives.
 	nextHandle uint64
 	nextGen    uint64 // incarnations: a domid that joins again is a new domain
 	wg         sync.WaitGroup
 }
 
 type grantKey struct {
-	dom uint32
-	ref uint32
-	gen uint64 // the granter's incarnation: a re-joined domid is a new domain
+	dom    uint32
+	ref    uint32
+	gen    uint64 // the granter's incarnation: a re-joined domid is a new domain
+	mapper uint32
 }
-
-type trackCount struct{ readers, writers int }
 
 type domain struct {
 	id       uint32
@@ -80,7 +78,7 @@ func NewHypervisor(dir string, log *slog.Logger) (*Hypervisor, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("simulator directory: %w", err)
 	}
-	h := &Hypervisor{dir: dir, log: log, xs: xs.NewServer(log, xs.DefaultQuotas), doms: map[uint32]*domain{}, maptrack: map[grantKey]*trackCount{}}
+	h := &Hypervisor{dir: dir, log: log, xs: xs.NewServer(log, xs.DefaultQuotas), doms: map[uint32]*domain{}}
 	for _, name := range []string{ControlSocket, Dom0XenStore} {
 		_ = os.Remove(filepath.Join(dir, name))
 	}
@@ -172,10 +170,10 @@ func (h *Hypervisor) join(c *net.UnixConn, hello request, fds []int) (*domain, e
 	if err := unix.Fstat(fds[0], &st); err != nil || st.Size < int64(hello.RAMPages)*PageSize {
 		return nil, fmt.Errorf("RAM memfd smaller than %d pages", hello.RAMPages)
 	}
-	if err := unix.Fstat(fds[1], &st); err != nil || st.Size < GrantTablePages*PageSize {
+	if err := unix.Fstat(fds[1], &st); err != nil || st.Size < TablePages*PageSize {
 		return nil, errors.New("grant table memfd too small")
 	}
-	gt, err := unix.Mmap(fds[1], 0, GrantTablePages*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	gt, err := unix.Mmap(fds[1], 0, TablePages*PageSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
 		return nil, fmt.Errorf("map grant table: %w", err)
 	}
@@ -227,6 +225,8 @@ func (h *Hypervisor) handle(d *domain, req request) {
 	var r reply
 	var fds []int
 	switch req.Op {
+	case "grant_table":
+		r, fds = h.grantTable(d, req.Dom)
 	case "map":
 		r, fds = h.mapGrants(d, req)
 	case "unmap":
@@ -294,7 +294,7 @@ func (h *Hypervisor) mapGrants(d *domain, req request) (reply, []int) {
 			undo()
 			return fail(codeBadGntref, "map: ref %d of dom%d names frame %d outside its RAM", ref, g.id, frame), nil
 		}
-		k := grantKey{dom: g.id, ref: ref, gen: g.gen}
+		k := grantKey{dom: g.id, ref: ref, gen: g.gen, mapper: d.id}
 		if !h.trackLocked(g, k, req.Writable) {
 			undo()
 			return fail(codeBadGntref, "map: ref %d of dom%d ended while mapping", ref, g.id), nil
@@ -311,63 +311,36 @@ func (h *Hypervisor) mapGrants(d *domain, req request) (reply, []int) {
 	return reply{Frames: frames, Handle: h.nextHandle, Gen: g.gen, FDs: []string{"ram"}}, []int{fd}
 }
 
-// trackLocked counts a mapping and sets the entry's reading/writing flags
-// by compare-and-swap, failing if the granter ended access meanwhile.
+// trackLocked pins a grant for a mapping (Pin: the shared active table
+// and the entry's flags), failing if the granter ended access meanwhile.
 func (h *Hypervisor) trackLocked(g *domain, k grantKey, writable bool) bool {
-	t := h.maptrack[k]
-	if t == nil {
-		t = &trackCount{}
-	}
-	set := uint32(GTFReading)
-	if writable {
-		set |= GTFWriting
-	}
-	word, _ := g.entry(k.ref)
-	for {
-		old := loadWord(word)
-		if old&3 != GTFPermitAccess {
-			return false
-		}
-		if casWord(word, old, old|set) {
-			break
-		}
-	}
-	t.readers++
-	if writable {
-		t.writers++
-	}
-	h.maptrack[k] = t
-	return true
+	_, err := Pin(g.gt, g.ramPages, k.ref, k.mapper, writable)
+	return err == nil
 }
 
+// untrackLocked unpins a mapping's grant, unless the granter is gone (its
+// table went with it).
 func (h *Hypervisor) untrackLocked(k grantKey, writable bool) {
-	t := h.maptrack[k]
-	if t == nil {
+	g := h.doms[k.dom]
+	if g == nil || g.gen != k.gen {
 		return
 	}
-	t.readers--
-	if writable {
-		t.writers--
+	Unpin(g.gt, k.ref, writable)
+}
+
+// grantTable hands dom0 a domain's RAM and grant table for local grant
+// copies (Domain.GrantTable); nobody else may ask.
+func (h *Hypervisor) grantTable(d *domain, dom uint32) (reply, []int) {
+	if d.id != 0 {
+		return fail(codePermission, "grant_table: dom%d is not privileged", d.id), nil
 	}
-	clear := uint32(0)
-	if t.writers == 0 {
-		clear |= GTFWriting
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	g := h.doms[dom]
+	if g == nil || dom == 0 {
+		return fail(codeBadDomain, "grant_table: no domain %d", dom), nil
 	}
-	if t.readers == 0 {
-		clear |= GTFReading
-		delete(h.maptrack, k)
-	}
-	g := h.doms[k.dom]
-	if g == nil || g.gen != k.gen || clear == 0 {
-		return // the granter is gone: its table went with it
-	}
-	word, _ := g.entry(k.ref)
-	for {
-		old := loadWord(word)
-		if casWord(word, old, old&^clear) {
-			return
-		}
-	}
+	return reply{Gen: g.gen, FDs: []string{"ram", "grant_table"}}, []int{g.ramFD, g.gtFD}
 }
 
 func (h *Hypervisor) unmapGrants(d *domain, handle uint64) reply {
@@ -497,6 +470,10 @@ func (h *Hypervisor) release(d *domain) {
 		delete(d.maps, handle)
 	}
 	delete(h.doms, d.id)
+	if d0 := h.doms[0]; d0 != nil && d.id != 0 {
+		// dom0 caches tables for grant copies: it must forget this one.
+		ns = append(ns, peerNotice{to: d0, msg: reply{Event: "domain_left", Dom: d.id}})
+	}
 	h.mu.Unlock()
 	ns.send() // peers hear before @releaseDomain fires
 	unix.Munmap(d.gt)

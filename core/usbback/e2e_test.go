@@ -31,6 +31,13 @@ import (
 const e2eSize = 64 << 20 // the 64 MiB of random data
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv("PVUSB_BENCH_FRONT"); dir != "" {
+		if err := benchFrontChild(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench frontend:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if dir := os.Getenv("PVUSB_E2E_FRONT"); dir != "" {
 		if err := frontendChild(dir); err != nil {
 			fmt.Fprintln(os.Stderr, "frontend:", err)

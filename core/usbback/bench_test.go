@@ -1,0 +1,273 @@
+package usbback
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pvusb/pvusb/core/evtchn"
+	"github.com/pvusb/pvusb/core/frontend"
+	"github.com/pvusb/pvusb/core/grant"
+	"github.com/pvusb/pvusb/core/rules"
+	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/core/sim/simtest"
+	"github.com/pvusb/pvusb/core/usbhost"
+	"github.com/pvusb/pvusb/core/usbif"
+	"github.com/pvusb/pvusb/core/xenbus"
+	"github.com/pvusb/pvusb/stub"
+	"github.com/pvusb/pvusb/stub/msc"
+	"github.com/pvusb/pvusb/xs"
+)
+
+const benchDisk = 64 << 20
+
+// benchFrontChild is domain 1 for the benchmarks: our frontend (16 URBs
+// in flight, bounce pages granted once) and the usbhost disk client. It
+// reads "read SIZE COUNT" lines and answers "done NANOS P50 P99" with the
+// latency of each READ(10) command.
+func benchFrontChild(dir string) error {
+	ctx := context.Background()
+	d, err := sim.Join(dir, 1)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	c, err := xs.Dial(d.XenStorePath())
+	if err != nil {
+		return err
+	}
+	p := xenbus.NewPaths(1, 0, 0, "vusb")
+	w, err := c.Watch(p.Frontend+"/backend", "created")
+	if err != nil {
+		return err
+	}
+	for ok, _ := c.Exists(p.Frontend + "/backend"); !ok; ok, _ = c.Exists(p.Frontend + "/backend") {
+		<-w.Events
+	}
+	conns := make(chan frontend.Connection, 1)
+	plugged := make(chan usbif.Speed, 4)
+	drv := &frontend.Driver{BackDom: 0, Granter: grant.NewSimGranter(d), Events: evtchn.NewSim(d), Connections: conns,
+		OnConn: func(port uint8, s usbif.Speed) {
+			if port == 1 && s != usbif.SpeedNone {
+				plugged <- s
+			}
+		}}
+	go (&xenbus.Frontend{C: c, P: p, Driver: drv}).Run(ctx)
+	conn := <-conns
+	h := &usbhost.Host{F: conn.F}
+	dev, err := h.Enumerate(ctx, 1, <-plugged)
+	if err != nil {
+		return err
+	}
+	disk, err := usbhost.OpenDisk(ctx, dev)
+	if err != nil {
+		return err
+	}
+	fmt.Println("ready")
+	sc := bufio.NewScanner(os.Stdin)
+	buf := make([]byte, 1<<20)
+	for sc.Scan() {
+		var size, count int
+		if _, err := fmt.Sscanf(sc.Text(), "read %d %d", &size, &count); err != nil {
+			return err
+		}
+		lat := make([]time.Duration, count)
+		blocks := uint32(size / 512)
+		lba := uint32(0)
+		t0 := time.Now()
+		for i := 0; i < count; i++ {
+			t1 := time.Now()
+			if err := disk.Read(ctx, lba, buf[:size]); err != nil {
+				return err
+			}
+			lat[i] = time.Since(t1)
+			if lba += blocks; lba+blocks > benchDisk/512 {
+				lba = 0
+			}
+		}
+		total := time.Since(t0)
+		p50, p99 := percentiles(lat)
+		fmt.Printf("done %d %d %d\n", total.Nanoseconds(), p50.Nanoseconds(), p99.Nanoseconds())
+	}
+	return sc.Err()
+}
+
+func percentiles(lat []time.Duration) (p50, p99 time.Duration) {
+	if len(lat) == 0 {
+		return 0, 0
+	}
+	s := append([]time.Duration(nil), lat...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2], s[min(len(s)-1, len(s)*99/100)]
+}
+
+// benchRig is the backend service in this process (dom0) serving an
+// emulated disk to the frontend child process (dom1).
+type benchRig struct {
+	in     io.WriteCloser
+	out    *bufio.Scanner
+	img    string
+	cancel context.CancelFunc
+	child  *exec.Cmd
+}
+
+func newBenchRig(b *testing.B) *benchRig {
+	b.Helper()
+	h := simtest.Start(b)
+	d0 := simtest.Join(b, h, 0)
+	c0, err := xs.Dial(sim.XenStorePath(h.Dir(), 0))
+	if err != nil {
+		b.Fatal(err)
+	}
+	img := filepath.Join(b.TempDir(), "disk.img")
+	f, _ := os.Create(img)
+	f.Truncate(benchDisk)
+	f.Close()
+	cfg, err := rules.Decode(fmt.Sprintf("rules = [%q]\n[[controller]]\ndomid = 1\ndevid = 0\nports = 1\ncreate = true\n", "emu-msc:"+img+":1:0:1"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	svc := New(cfg, Platform{XS: c0, Mapper: grant.NewSimMapper(d0), BackDom: 0,
+		Events: func() (evtchn.Channels, error) { return evtchn.NewSim(d0), nil }}, nil, nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	child := exec.CommandContext(ctx, os.Args[0], "-test.run=^$", "-test.bench=^$")
+	child.Env = append(os.Environ(), "PVUSB_BENCH_FRONT="+h.Dir())
+	child.Stderr = os.Stderr
+	in, _ := child.StdinPipe()
+	outp, _ := child.StdoutPipe()
+	if err := child.Start(); err != nil {
+		b.Fatal(err)
+	}
+	r := &benchRig{in: in, out: bufio.NewScanner(outp), img: img, cancel: cancel, child: child}
+	if !r.out.Scan() || r.out.Text() != "ready" {
+		b.Fatalf("frontend child: %q", r.out.Text())
+	}
+	b.Cleanup(func() {
+		in.Close()
+		child.Wait()
+		cancel()
+		<-done
+		c0.Close()
+	})
+	return r
+}
+
+// read has the child run count READ(10)s of size bytes; it returns the
+// whole time and the per-command p50 and p99.
+func (r *benchRig) read(b *testing.B, size, count int) (total, p50, p99 time.Duration) {
+	fmt.Fprintf(r.in, "read %d %d\n", size, count)
+	if !r.out.Scan() {
+		b.Fatal("frontend child ended")
+	}
+	f := strings.Fields(r.out.Text())
+	if len(f) != 4 || f[0] != "done" {
+		b.Fatalf("frontend child said %q", r.out.Text())
+	}
+	ns := func(s string) time.Duration { v, _ := strconv.ParseInt(s, 10, 64); return time.Duration(v) }
+	return ns(f[1]), ns(f[2]), ns(f[3])
+}
+
+// directDisk is the reference: the same emulated disk called in process,
+// the same three transfers per command (CBW, data, CSW), no ring.
+type directDisk struct {
+	dev  stub.Device
+	done chan *stub.Transfer
+	cbw  []byte
+	csw  []byte
+	data []byte
+	tag  uint32
+}
+
+func newDirectDisk(b *testing.B, img string) *directDisk {
+	dev, err := msc.Open(img, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dev.Close() })
+	return &directDisk{dev: dev, done: make(chan *stub.Transfer, 1), cbw: make([]byte, 31), csw: make([]byte, 13), data: make([]byte, 1<<20)}
+}
+
+func (d *directDisk) xfer(ep uint8, buf []byte) {
+	t := &stub.Transfer{Type: usbif.TypeBulk, Endpoint: ep, Buffer: buf, Done: d.done}
+	if err := d.dev.Submit(t); err != nil {
+		panic(err)
+	}
+	<-d.done
+}
+
+func (d *directDisk) read(lba uint32, size int) {
+	d.tag++
+	binary.LittleEndian.PutUint32(d.cbw, 0x43425355)
+	binary.LittleEndian.PutUint32(d.cbw[4:], d.tag)
+	binary.LittleEndian.PutUint32(d.cbw[8:], uint32(size))
+	d.cbw[12], d.cbw[14] = 0x80, 10
+	cdb := d.cbw[15:25]
+	cdb[0] = 0x28
+	binary.BigEndian.PutUint32(cdb[2:], lba)
+	binary.BigEndian.PutUint16(cdb[7:], uint16(size/512))
+	d.xfer(msc.EndpointOut, d.cbw)
+	for off := 0; off < size; off += frontend.MaxTransfer {
+		d.xfer(msc.EndpointIn, d.data[off:min(off+frontend.MaxTransfer, size)])
+	}
+	d.xfer(msc.EndpointIn, d.csw)
+}
+
+// timeDirect runs count reads of size on the direct disk.
+func (d *directDisk) time(size, count int) (total, p50, p99 time.Duration) {
+	lat := make([]time.Duration, count)
+	lba := uint32(0)
+	t0 := time.Now()
+	for i := 0; i < count; i++ {
+		t1 := time.Now()
+		d.read(lba, size)
+		lat[i] = time.Since(t1)
+		if lba += uint32(size / 512); lba+uint32(size/512) > benchDisk/512 {
+			lba = 0
+		}
+	}
+	total = time.Since(t0)
+	p50, p99 = percentiles(lat)
+	return
+}
+
+// BenchmarkWholePath reads the emulated disk through the whole path —
+// frontend process → urb ring → backend (this process) → emulated disk
+// → back — with READ(10) commands of 4 KiB, 64 KiB and 1 MiB (16 URBs of
+// 64 KiB in flight), and the same reads of the same disk called directly
+// in this process. Reported: MB/s of both, their ratio (x-direct), and
+// for every size the added latency per command at p50 and p99. The
+// allocations counted (-benchmem) are this process's: the backend's.
+func BenchmarkWholePath(b *testing.B) {
+	r := newBenchRig(b)
+	direct := newDirectDisk(b, r.img)
+	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
+		b.Run(fmt.Sprintf("read=%dKiB", size>>10), func(b *testing.B) {
+			r.read(b, size, 20) // warm
+			direct.time(size, 20)
+			b.SetBytes(int64(size))
+			b.ResetTimer()
+			total, p50, p99 := r.read(b, size, b.N)
+			b.StopTimer()
+			dt, d50, d99 := direct.time(size, b.N)
+			mbps := float64(size) * float64(b.N) / total.Seconds() / 1e6
+			dmbps := float64(size) * float64(b.N) / dt.Seconds() / 1e6
+			b.ReportMetric(mbps, "MB/s-path")
+			b.ReportMetric(dmbps, "MB/s-direct")
+			b.ReportMetric(mbps/dmbps, "x-direct")
+			b.ReportMetric(float64(p50-d50)/1e3, "µs-added-p50")
+			b.ReportMetric(float64(p99-d99)/1e3, "µs-added-p99")
+		})
+	}
+}
