@@ -41,9 +41,9 @@ func roundTrip(e *Engine, rf *ring.Front[[usbif.URBRequestSize]byte, [usbif.URBR
 	var rsp [usbif.URBResponseSize]byte
 	rf.PutRequest(raw)
 	rf.PushRequests()
-	e.pass()
+	e.pass(true)
 	e.complete(<-e.done)
-	e.pass()
+	e.pass(true)
 	rf.Poll()
 	rf.NextResponse(&rsp)
 }

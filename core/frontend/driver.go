@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/grant"
@@ -23,6 +24,8 @@ type Driver struct {
 	Log     *slog.Logger
 	// OnConn receives conn-ring events of the current connection.
 	OnConn func(port uint8, speed usbif.Speed)
+	// Poll is the Frontend's polling window (Config.Poll).
+	Poll time.Duration
 	// Connections receives each connected Frontend (buffered by the
 	// caller, or read promptly) and the backend's configuration.
 	Connections chan<- Connection
@@ -57,7 +60,7 @@ func (d *Driver) Connect() (xenbus.FrontendRings, error) {
 	if d.f != nil {
 		return xenbus.FrontendRings{}, errors.New("frontend: already connected")
 	}
-	f, r, err := New(Config{BackDom: d.BackDom, NumPorts: d.cfg.NumPorts, Granter: d.Granter, Events: d.Events, Log: d.Log, OnConn: d.OnConn})
+	f, r, err := New(Config{BackDom: d.BackDom, NumPorts: d.cfg.NumPorts, Granter: d.Granter, Events: d.Events, Log: d.Log, OnConn: d.OnConn, Poll: d.Poll})
 	if err != nil {
 		return r, err
 	}

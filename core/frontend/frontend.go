@@ -16,7 +16,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
+	"time"
 
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/grant"
@@ -89,7 +91,15 @@ type Config struct {
 	// OnConn receives each validated conn-ring event (port 1..NumPorts,
 	// speed 0..3), from the event goroutine, in ring order.
 	OnConn func(port uint8, speed usbif.Speed)
+	// Poll is how long Run keeps looking at the rings after the last
+	// response while URBs are in flight, before it arms rsp_event and
+	// sleeps on the event channel: a response within it needs no event
+	// (the backend sends none). 0 sleeps at once.
+	Poll time.Duration
 }
+
+// DefaultPoll is the polling window usbfront uses.
+const DefaultPoll = 50 * time.Microsecond
 
 // slot is one in-flight URB and its bounce pages, granted once.
 type slot struct {
@@ -413,8 +423,14 @@ func (f *Frontend) Run(ctx context.Context) error {
 	defer close(f.done)
 	_ = f.cfg.Events.Notify(f.port)
 	for {
+		if f.cfg.Poll > 0 && f.poll(ctx) {
+			f.mu.Lock()
+			f.serviceLocked(false)
+			f.mu.Unlock()
+			continue
+		}
 		f.mu.Lock()
-		more := f.serviceLocked()
+		more := f.serviceLocked(true)
 		err := f.err
 		f.mu.Unlock()
 		if err != nil {
@@ -436,10 +452,36 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 }
 
+// poll watches the urb ring for up to Poll while URBs are in flight and
+// reports whether a response came (or the frontend failed).
+func (f *Frontend) poll(ctx context.Context) bool {
+	deadline := time.Now().Add(f.cfg.Poll)
+	for ctx.Err() == nil {
+		f.mu.Lock()
+		busy := f.urb.Outstanding() > 0 && f.err == nil
+		n, err := uint32(0), error(nil)
+		if busy {
+			n, err = f.urb.Poll()
+		}
+		f.mu.Unlock()
+		if !busy {
+			return false
+		}
+		if n > 0 || err != nil {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		runtime.Gosched()
+	}
+	return false
+}
+
 // serviceLocked takes every response and conn event, re-posts credits,
-// pushes what waited for room, and arms the event indices. It reports
-// whether more arrived meanwhile.
-func (f *Frontend) serviceLocked() bool {
+// pushes what waited for room, and (arm) arms the event indices. It
+// reports whether more arrived meanwhile.
+func (f *Frontend) serviceLocked(arm bool) bool {
 	if f.err != nil {
 		return false
 	}
@@ -449,8 +491,11 @@ func (f *Frontend) serviceLocked() bool {
 		return false
 	}
 	f.pumpLocked()
-	if !got {
+	if !got && arm {
 		f.stats.Spurious++
+	}
+	if !arm {
+		return false
 	}
 	more, err := f.urb.FinalCheckForResponses()
 	if err != nil {

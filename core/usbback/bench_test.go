@@ -56,7 +56,7 @@ func benchFrontChild(dir string) error {
 	}
 	conns := make(chan frontend.Connection, 1)
 	plugged := make(chan usbif.Speed, 4)
-	drv := &frontend.Driver{BackDom: 0, Granter: grant.NewSimGranter(d), Events: evtchn.NewSim(d), Connections: conns,
+	drv := &frontend.Driver{BackDom: 0, Granter: grant.NewSimGranter(d), Events: evtchn.NewSim(d), Connections: conns, Poll: frontend.DefaultPoll,
 		OnConn: func(port uint8, s usbif.Speed) {
 			if port == 1 && s != usbif.SpeedNone {
 				plugged <- s
@@ -183,6 +183,7 @@ func (r *benchRig) read(b *testing.B, size, count int) (total, p50, p99 time.Dur
 // the same three transfers per command (CBW, data, CSW), no ring.
 type directDisk struct {
 	dev  stub.Device
+	t    stub.Transfer
 	done chan *stub.Transfer
 	cbw  []byte
 	csw  []byte
@@ -200,8 +201,8 @@ func newDirectDisk(b *testing.B, img string) *directDisk {
 }
 
 func (d *directDisk) xfer(ep uint8, buf []byte) {
-	t := &stub.Transfer{Type: usbif.TypeBulk, Endpoint: ep, Buffer: buf, Done: d.done}
-	if err := d.dev.Submit(t); err != nil {
+	d.t = stub.Transfer{Type: usbif.TypeBulk, Endpoint: ep, Buffer: buf, Done: d.done}
+	if err := d.dev.Submit(&d.t); err != nil {
 		panic(err)
 	}
 	<-d.done

@@ -100,6 +100,10 @@ type Service struct {
 
 	mu    sync.Mutex
 	ctrls map[[2]uint32]*controller // rules.toml's, and adopted ones while they live
+
+	// Poll is each engine's polling window (backend.Config.Poll); New
+	// sets backend.DefaultPoll.
+	Poll time.Duration
 }
 
 // controller finds a controller by domain and devid.
@@ -140,7 +144,7 @@ func New(cfg *rules.Config, p Platform, devs Devices, log *slog.Logger) *Service
 	if devs == nil {
 		devs = HostDevices{Host: usbfs.DefaultHost, Log: log}
 	}
-	s := &Service{cfg: cfg, p: p, log: log, devs: devs, ctrls: map[[2]uint32]*controller{}}
+	s := &Service{cfg: cfg, p: p, log: log, devs: devs, ctrls: map[[2]uint32]*controller{}, Poll: backend.DefaultPoll}
 	for _, c := range cfg.Controllers {
 		s.ctrls[[2]uint32{c.Domid, c.Devid}] = s.newController(c)
 	}
@@ -392,7 +396,7 @@ func (ct *controller) Connect(r xenbus.FrontendRings) error {
 	ct.mu.Lock()
 	defer ct.mu.Unlock()
 	eng, err := backend.New(backend.Config{Dom: ct.c.Domid, DevID: ct.c.Devid, NumPorts: ct.cfg.NumPorts,
-		Mapper: ct.s.p.Mapper, Events: ev, Log: ct.s.log}, r) // the engine adds dom and devid
+		Mapper: ct.s.p.Mapper, Events: ev, Log: ct.s.log, Poll: ct.s.Poll}, r) // the engine adds dom and devid
 	if err != nil {
 		ev.Close()
 		return err

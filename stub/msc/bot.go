@@ -278,6 +278,15 @@ func (b *bot) commandLocked(t *stub.Transfer) {
 	}
 }
 
+// popPending drops the first waiting transfer, keeping the array: the
+// queue is at most a ring's worth, and reslicing from the front would
+// make every later append allocate.
+func (b *bot) popPending() {
+	n := copy(b.pending, b.pending[1:])
+	b.pending[n] = nil
+	b.pending = b.pending[:n]
+}
+
 // serveInLocked completes waiting IN transfers with data, then the CSW.
 func (b *bot) serveInLocked() {
 	for len(b.pending) > 0 && !b.haltIn {
@@ -299,11 +308,11 @@ func (b *bot) serveInLocked() {
 			if n < len(t.Buffer) && t.ShortNotOK {
 				st = usbif.StatusRemoteIO
 			}
-			b.pending = b.pending[1:]
+			b.popPending()
 			t.Complete(st, n)
 		case stateCSW:
 			if len(t.Buffer) < cswSize {
-				b.pending = b.pending[1:]
+				b.popPending()
 				t.Complete(usbif.StatusBabble, 0)
 				continue
 			}
@@ -322,7 +331,7 @@ func (b *bot) serveInLocked() {
 			binary.LittleEndian.PutUint32(w[8:], uint32(max(b.hostLen-b.hostMoved, 0)))
 			w[12] = b.status
 			b.state = stateCBW
-			b.pending = b.pending[1:]
+			b.popPending()
 			t.Complete(usbif.StatusOK, cswSize)
 		default:
 			return // waiting for the CBW or for OUT data
