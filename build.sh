@@ -91,6 +91,7 @@ fuzz() {
 		./xs:FuzzServerConnection
 		./stub/msc:FuzzCDB
 		./core/usbdesc:FuzzParseAll
+		./core/backend:FuzzDispatch
 	)
 	for pt in "${targets[@]}"; do
 		echo "== fuzz ${pt#*:} for $t" >&2

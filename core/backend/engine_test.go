@@ -120,13 +120,26 @@ func (d *fakeDev) ClearHalt(ep uint8) error { d.halts = append(d.halts, ep); ret
 func (d *fakeDev) Close() error             { d.closes++; return nil }
 
 type rig struct {
-	t     *testing.T
-	mem   *fronttest.Mem
-	front *fronttest.Front
-	e     *Engine
-	ctx   context.Context
-	errc  chan error
-	dev   *fakeDev
+	t      *testing.T
+	mem    *fronttest.Mem
+	front  *fronttest.Front
+	e      *Engine
+	ctx    context.Context
+	cancel context.CancelFunc
+	errc   chan error
+	dev    *fakeDev
+	once   sync.Once
+}
+
+// stop ends the engine and checks it left no grant mapped.
+func (r *rig) stop(t testing.TB) {
+	r.once.Do(func() {
+		r.cancel()
+		<-r.errc
+		if r.mem.Mapped != 0 {
+			t.Errorf("%d mappings left after the engine stopped", r.mem.Mapped)
+		}
+	})
 }
 
 func newRig(t *testing.T) *rig {
@@ -141,15 +154,9 @@ func newRig(t *testing.T) *rig {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	r := &rig{t: t, mem: mem, front: front, e: e, ctx: ctx, errc: make(chan error, 1), dev: &fakeDev{}}
+	r := &rig{t: t, mem: mem, front: front, e: e, ctx: ctx, cancel: cancel, errc: make(chan error, 1), dev: &fakeDev{}}
 	go func() { r.errc <- e.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		<-r.errc
-		if mem.Mapped != 0 {
-			t.Errorf("%d mappings left after the engine stopped", mem.Mapped)
-		}
-	})
+	t.Cleanup(func() { r.stop(t) })
 	return r
 }
 
