@@ -31,6 +31,14 @@ import (
 const e2eSize = 64 << 20 // the 64 MiB of random data
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv("PVUSB_BENCH_DAEMON"); dir != "" {
+		n, _ := strconv.Atoi(os.Getenv("PVUSB_BENCH_N"))
+		if err := benchDaemonChild(dir, n); err != nil && err != context.Canceled {
+			fmt.Fprintln(os.Stderr, "bench daemon:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	if dir := os.Getenv("PVUSB_BENCH_FRONT"); dir != "" {
 		if err := benchFrontChild(dir); err != nil {
 			fmt.Fprintln(os.Stderr, "bench frontend:", err)
