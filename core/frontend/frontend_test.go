@@ -149,14 +149,12 @@ func TestAgainstOurBackendEnumerateAndPipelinedDisk(t *testing.T) {
 
 // bot is a minimal Bulk-Only host over the Frontend for tests.
 type bot struct {
-	t         *testing.T
-	f         *Frontend
-	ctx       context.Context
-	port      uint8
-	addr      uint8
-	tag       uint32
-	inFlight  int
-	completed chan *URB
+	t    *testing.T
+	f    *Frontend
+	ctx  context.Context
+	port uint8
+	addr uint8
+	tag  uint32
 }
 
 func (b *bot) cbw(n int, in bool, cdb []byte) []byte {

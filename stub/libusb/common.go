@@ -8,9 +8,6 @@ package libusb
 
 import "errors"
 
-// usbfsDir is where libusb looks for device files when built without udev.
-const usbfsDir = "/dev/bus/usb"
-
 // Errors of List.
 var (
 	// ErrNotBuilt: this binary was built without the libusb tag.

@@ -18,6 +18,9 @@ import (
 // Built reports that this binary carries libusb.
 const Built = true
 
+// usbfsDir is where libusb looks for device files when built without udev.
+const usbfsDir = "/dev/bus/usb"
+
 // List enumerates the host's USB devices through libusb: identity
 // (VID:PID, class, manufacturer, product and serial strings), speed, the
 // active configuration and the busid made from bus and port path. Root

@@ -118,13 +118,11 @@ func TestManyInFlightCompleteInAnyOrderEachOnce(t *testing.T) {
 	d, k := openFake(t, nil)
 	k.hold[0x83] = true
 	done := make(chan *stub.Transfer, 64)
-	var held []*stub.Transfer
 	for i := 0; i < 8; i++ {
 		x := &stub.Transfer{Type: usbif.TypeIntr, Endpoint: 0x83, Buffer: make([]byte, 8), Done: done, Cookie: i}
 		if err := d.Submit(x); err != nil {
 			t.Fatal(err)
 		}
-		held = append(held, x)
 	}
 	for i := 0; i < 8; i++ { // bulk ones complete while the interrupt ones wait
 		x := &stub.Transfer{Type: usbif.TypeBulk, Endpoint: 0x81, Buffer: make([]byte, 64), Done: done, Cookie: 100 + i}
