@@ -63,7 +63,7 @@ build_pure() {
 applets() { ./pvusb --generate-bash-completion | grep -v '^help$'; }
 
 deps() {
-	local pkgs=(gcc pkg-config make bzip2 libxen-dev libusb-1.0-0-dev xenstore-utils file git
+	local pkgs=(gcc pkg-config make bzip2 libxen-dev libusb-1.0-0-dev xenstore-utils usbip file git
 		qemu-system-x86 busybox-static cpio bc make) missing=()
 	for p in "${pkgs[@]}"; do
 		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
