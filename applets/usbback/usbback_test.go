@@ -154,7 +154,7 @@ func TestUsbbackRefusesBadConfig(t *testing.T) {
 	if err := run(context.Background(), &bytes.Buffer{}, conf, false, nil); err == nil || !strings.Contains(err.Error(), `line 1: unknown key "simm"`) {
 		t.Errorf("bad config: %v", err)
 	}
-	if code, _, e := runVportctl(t, "-s", "/nonexistent/sock", "list"); code != 1 || !strings.Contains(e, "reach usbback") {
+	if code, _, e := runVportctl(t, "-s", "/nonexistent/sock", "list"); code != 1 || !strings.Contains(e, "reach the daemon") {
 		t.Errorf("vportctl without a daemon: %d %s", code, e)
 	}
 }

@@ -1,19 +1,16 @@
 package usbback
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
-	"time"
 
 	"github.com/pvusb/pvusb/core/backend"
+	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/rules"
 	"github.com/pvusb/pvusb/core/usbif"
 )
@@ -141,58 +138,17 @@ func (s *Service) List() []PortInfo {
 }
 
 // Listen opens the control socket at path, mode 0600 (root only).
-func Listen(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	_ = os.Remove(path)
-	l, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("control socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return nil, err
-	}
-	return l, nil
-}
+func Listen(path string) (net.Listener, error) { return ctlsock.Listen(path) }
 
 // Serve answers control requests on l until ctx ends.
 func (s *Service) Serve(ctx context.Context, l net.Listener) error {
-	go func() {
-		<-ctx.Done()
-		l.Close()
-	}()
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
+	return ctlsock.Serve(ctx, l, func(b []byte) any {
+		var req Request
+		if err := json.Unmarshal(b, &req); err != nil {
+			return Response{Error: "request is not a JSON object"}
 		}
-		go s.answer(c)
-	}
-}
-
-// maxRequest bounds a control request; anything longer is refused.
-const maxRequest = 4096
-
-func (s *Service) answer(c net.Conn) {
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	line, err := bufio.NewReaderSize(&limitedReader{c, maxRequest}, maxRequest).ReadBytes('\n')
-	var rsp Response
-	var req Request
-	switch {
-	case err != nil && len(line) == 0:
-		rsp.Error = "empty or oversized request"
-	case json.Unmarshal(line, &req) != nil:
-		rsp.Error = "request is not a JSON object"
-	default:
-		rsp = s.Do(req)
-	}
-	_ = json.NewEncoder(c).Encode(rsp)
+		return s.Do(req)
+	})
 }
 
 // Do carries out one request.
@@ -229,38 +185,11 @@ func (s *Service) Do(req Request) Response {
 	return fail(fmt.Errorf("unknown operation %q (add, del, list, stats)", req.Op))
 }
 
-type limitedReader struct {
-	c net.Conn
-	n int
-}
-
-func (l *limitedReader) Read(p []byte) (int, error) {
-	if l.n <= 0 {
-		return 0, errors.New("request too long")
-	}
-	if len(p) > l.n {
-		p = p[:l.n]
-	}
-	n, err := l.c.Read(p)
-	l.n -= n
-	return n, err
-}
-
 // Call sends one request to a control socket.
 func Call(path string, req Request) (Response, error) {
-	c, err := net.DialTimeout("unix", path, 5*time.Second)
-	if err != nil {
-		return Response{}, fmt.Errorf("reach usbback at %s: %w", path, err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
-	b, _ := json.Marshal(req)
-	if _, err := c.Write(append(b, '\n')); err != nil {
-		return Response{}, err
-	}
 	var rsp Response
-	if err := json.NewDecoder(c).Decode(&rsp); err != nil {
-		return Response{}, fmt.Errorf("usbback's answer: %w", err)
+	if err := ctlsock.Call(path, req, &rsp); err != nil {
+		return Response{}, fmt.Errorf("usbback: %w", err)
 	}
 	if rsp.Error != "" {
 		return rsp, errors.New(rsp.Error)

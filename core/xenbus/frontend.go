@@ -87,7 +87,13 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 	for {
 		if err := ev.wait(ctx, timer); err != nil {
+			if ctx.Err() != nil && connected {
+				f.closeGracefully(h, fe, be, log)
+			}
 			disconnect()
+			if ctx.Err() != nil && exists(h, fe+"/state") {
+				_ = WriteState(h, fe, Closed) // xenbus_frontend_closed: the backend mirrors it
+			}
 			if err == errTimeout {
 				return fault(h, fe, ETIMEDOUT, "backend did not reach InitWait within %v", f.Timeout)
 			}
@@ -154,6 +160,28 @@ func (f *Frontend) Run(ctx context.Context) error {
 			log.Info("xenbus frontend: reconnecting")
 		}
 	}
+}
+
+// closeWait bounds how long a frontend that is stopping waits for the
+// backend to follow its Closing and release the rings.
+const closeWait = 3 * time.Second
+
+// closeGracefully tells the backend we are going (Closing) and waits,
+// bounded, until it says it let go of the rings (Closing or Closed, or
+// gone), so the grants can be revoked after: ending a grant the backend
+// still maps would fail.
+func (f *Frontend) closeGracefully(h xs.Handle, fe, be string, log *slog.Logger) {
+	if err := WriteState(h, fe, Closing); err != nil {
+		return
+	}
+	deadline := time.Now().Add(closeWait)
+	for time.Now().Before(deadline) {
+		if st, err := ReadState(h, be); err != nil || st == Closing || st == Closed || st == Unknown {
+			return
+		}
+		time.Sleep(10 * time.Millisecond) // a bounded wait for another domain, not a synchronisation of ours
+	}
+	log.Warn("xenbus frontend: the backend did not follow our Closing", "after", closeWait)
 }
 
 // connect is xenhcd_connect: rings and channel from the driver, the three
