@@ -323,6 +323,17 @@ func (c *Client) GetDomainPath(dom uint32) (string, error) {
 	return trimNul(v), nil
 }
 
+// IsDomainIntroduced asks whether a domain is known to XenStore (dom0
+// only): false once it was released (destroyed, or in the simulator,
+// its process gone).
+func (c *Client) IsDomainIntroduced(dom uint32) (bool, error) {
+	v, err := c.do(OpIsDomainIntroduced, joinNul(strconv.FormatUint(uint64(dom), 10)))
+	if err != nil {
+		return false, fmt.Errorf("xenstore is-domain-introduced %d: %w", dom, err)
+	}
+	return trimNul(v) == "T", nil
+}
+
 // MaxTransactionRetries bounds Transaction's retries on EAGAIN.
 const MaxTransactionRetries = 32
 

@@ -82,7 +82,9 @@ func (b *Backend) Run(ctx context.Context) error {
 	if front != fe {
 		return fault(h, be, EINVAL, "frontend path %q is not %q", front, fe)
 	}
-	ev, err := watchPaths(b.C, be, fe)
+	// @releaseDomain: a frontend domain that dies writes nothing; without
+	// a toolstack to remove the nodes (the simulator) this is how we hear.
+	ev, err := watchPaths(b.C, be, fe, "@releaseDomain")
 	if err != nil {
 		return err
 	}
@@ -163,6 +165,15 @@ func (b *Backend) Run(ctx context.Context) error {
 				}
 			}
 			continue
+		case phase == beConnected && b.P.BackDom == 0 && !introduced(b.C, b.P.FrontDom):
+			// The frontend's domain is gone: nothing will answer.
+			disconnect()
+			phase = beClosed
+			if err := WriteState(h, be, Closed); err != nil {
+				return err
+			}
+			log.Info("xenbus backend: frontend domain gone")
+			continue
 		case fst == Unknown && phase == beConnected:
 			// The frontend vanished (its dir removed, its domain gone).
 			disconnect()
@@ -221,6 +232,13 @@ func (b *Backend) Run(ctx context.Context) error {
 			b.Driver.Changed()
 		}
 	}
+}
+
+// introduced reports whether dom is still known to XenStore (true when
+// the question cannot be asked: only dom0 may).
+func introduced(c *xs.Client, dom uint32) bool {
+	ok, err := c.IsDomainIntroduced(dom)
+	return ok || err != nil
 }
 
 // IsFault reports whether err is a handshake fault.
