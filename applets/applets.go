@@ -13,6 +13,7 @@ import (
 	"github.com/pvusb/pvusb/applets/ringdump"
 	"github.com/pvusb/pvusb/applets/sim"
 	"github.com/pvusb/pvusb/applets/usbback"
+	"github.com/pvusb/pvusb/applets/usbfront"
 	"github.com/pvusb/pvusb/applets/vportctl"
 )
 
@@ -24,6 +25,7 @@ const Name = "pvusb"
 func All() []*cli.Command {
 	cmds := []*cli.Command{
 		usbback.Command(),
+		usbfront.Command(),
 		vportctl.Command(),
 		sim.Command(),
 		ringdump.Command(),

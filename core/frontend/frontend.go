@@ -439,16 +439,41 @@ func (f *Frontend) Run(ctx context.Context) error {
 		if more {
 			continue
 		}
-		p, werr := f.cfg.Events.Wait(ctx)
+		wctx, cancel := context.WithTimeout(ctx, watchdogPeriod)
+		p, werr := f.cfg.Events.Wait(wctx)
+		cancel()
 		if werr != nil {
 			if ctx.Err() != nil {
 				return nil
+			}
+			if wctx.Err() != nil {
+				f.watchdog()
+				continue
 			}
 			return fmt.Errorf("event channel: %w", werr)
 		}
 		// A fired port stays masked until unmasked; the rings are looked
 		// at again right after, so nothing is missed.
 		_ = f.cfg.Events.Unmask(p)
+	}
+}
+
+// watchdogPeriod is how long Run sleeps before it kicks the backend while
+// URBs are outstanding (xen-hcd's watchdog does the same): a lost event
+// is recovered, and a backend that is gone is found out.
+const watchdogPeriod = time.Second
+
+// watchdog notifies the backend when URBs wait; if the channel's peer is
+// gone (the backend died), everything outstanding fails now instead of
+// hanging until the device is created anew.
+func (f *Frontend) watchdog() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.err != nil || (f.urb.Outstanding() == 0 && len(f.queue) == 0) {
+		return
+	}
+	if err := f.cfg.Events.Notify(f.port); err != nil {
+		f.latchLocked("backend gone", err)
 	}
 }
 

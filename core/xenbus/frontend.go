@@ -133,6 +133,13 @@ func (f *Frontend) Run(ctx context.Context) error {
 			if own != Initialising {
 				break
 			}
+			if connected {
+				// Our state was reset under us: the toolstack (or a
+				// restarted backend) created the device anew in one
+				// transaction. The old connection is gone with it.
+				disconnect()
+				log.Info("xenbus frontend: device created anew; reconnecting")
+			}
 			timer = nil
 			if err := f.connect(ctx, h, fe); err != nil {
 				disconnect()
