@@ -96,6 +96,17 @@ func NewHypervisor(dir string, log *slog.Logger) (*Hypervisor, error) {
 // XenStore is the hypervisor's XenStore server.
 func (h *Hypervisor) XenStore() *xs.Server { return h.xs }
 
+// Mappings counts the live map requests of domain dom (grants mapped
+// through the hypervisor: the backend's rings): a leak check for tests.
+func (h *Hypervisor) Mappings(dom uint32) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if d := h.doms[dom]; d != nil {
+		return len(d.maps)
+	}
+	return 0
+}
+
 // Dir is the simulator's directory.
 func (h *Hypervisor) Dir() string { return h.dir }
 
