@@ -7,7 +7,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -117,55 +116,6 @@ func importDev(t *testing.T, addr, busid string) *usbip.Conn {
 	return k
 }
 
-// bot runs a Bulk-Only command over USB/IP.
-func bot(k *usbip.Conn, tag uint32, cdb []byte, data []byte, in bool) (got []byte, err error) {
-	cbw := make([]byte, 31)
-	binary.LittleEndian.PutUint32(cbw, 0x43425355)
-	binary.LittleEndian.PutUint32(cbw[4:], tag)
-	binary.LittleEndian.PutUint32(cbw[8:], uint32(len(data)))
-	if in {
-		cbw[12] = 0x80
-	}
-	cbw[14] = byte(len(cdb))
-	copy(cbw[15:], cdb)
-	check := func(r *usbip.Result, err error, what string) error {
-		if err != nil {
-			return err
-		}
-		if r.Status != 0 {
-			return fmt.Errorf("%s: status %d", what, r.Status)
-		}
-		return nil
-	}
-	if r, err := k.Do(usbip.DirOut, 2, [8]byte{}, cbw, 0); check(r, err, "CBW") != nil {
-		return nil, check(r, err, "CBW")
-	}
-	if in {
-		r, err := k.Do(usbip.DirIn, 1, [8]byte{}, nil, len(data))
-		if err := check(r, err, "data IN"); err != nil {
-			return nil, err
-		}
-		got = r.Data
-	} else if r, err := k.Do(usbip.DirOut, 2, [8]byte{}, data, 0); check(r, err, "data OUT") != nil {
-		return nil, check(r, err, "data OUT")
-	}
-	r, err := k.Do(usbip.DirIn, 1, [8]byte{}, nil, 13)
-	if err := check(r, err, "CSW"); err != nil {
-		return nil, err
-	}
-	if r.Data[12] != 0 {
-		return nil, fmt.Errorf("CSW status %d", r.Data[12])
-	}
-	return got, nil
-}
-
-func rw(op byte, lba uint32, n int) []byte {
-	cdb := []byte{op, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(cdb[2:], lba)
-	binary.BigEndian.PutUint16(cdb[7:], uint16(n/512))
-	return cdb
-}
-
 // TestUsbfrontAgainstUsbbackSeparateProcesses: the whole product on the
 // simulator. usbfront enumerates the disk, keyboard and serial port
 // usbback serves; through usbfront's USB/IP export this test writes and
@@ -218,14 +168,15 @@ create = true
 	}
 	data := make([]byte, 4<<20)
 	rand.Read(data)
+	dk := &usbip.Disk{K: disk, In: 1, Out: 2}
 	for off := 0; off < len(data); off += 1 << 20 {
-		if _, err := bot(disk, uint32(off>>20)+1, rw(0x2a, uint32(off/512), 1<<20), data[off:off+1<<20], false); err != nil {
+		if err := dk.Write(uint32(off/512), data[off:off+1<<20]); err != nil {
 			t.Fatal(err)
 		}
 	}
 	h1 := sha256.New()
 	for off := 0; off < len(data); off += 1 << 20 {
-		got, err := bot(disk, 10, rw(0x28, uint32(off/512), 1<<20), make([]byte, 1<<20), true)
+		got, err := dk.Read(uint32(off/512), 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -280,8 +231,8 @@ create = true
 	// usbback killed during a transfer: the reads in flight fail.
 	fails := make(chan error, 1)
 	go func() {
-		for i := 0; ; i++ {
-			if _, err := bot(disk, uint32(100+i), rw(0x28, 0, 1<<20), make([]byte, 1<<20), true); err != nil {
+		for {
+			if _, err := dk.Read(0, 1<<20); err != nil {
 				fails <- err
 				return
 			}
@@ -300,9 +251,10 @@ create = true
 	eventually(t, "usbfront reconnects to the restarted backend", func() bool { return busids(addr) == "0-1 0-2 0-3" })
 	disk2 := importDev(t, addr, "0-1")
 	disk2.Do(usbip.DirOut, 0, [8]byte{0, 9, 1, 0, 0, 0, 0, 0}, nil, 0)
+	dk2 := &usbip.Disk{K: disk2, In: 1, Out: 2}
 	h2 := sha256.New()
 	for off := 0; off < len(data); off += 1 << 20 {
-		got, err := bot(disk2, uint32(200+off>>20), rw(0x28, uint32(off/512), 1<<20), make([]byte, 1<<20), true)
+		got, err := dk2.Read(uint32(off/512), 1<<20)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,6 +25,7 @@ import (
 	"github.com/pvusb/pvusb/stub/hid"
 	"github.com/pvusb/pvusb/stub/libusb"
 	"github.com/pvusb/pvusb/stub/msc"
+	"github.com/pvusb/pvusb/stub/null"
 	"github.com/pvusb/pvusb/stub/usbfs"
 	"github.com/pvusb/pvusb/xs"
 )
@@ -71,8 +72,10 @@ func (h HostDevices) Open(device string, gone func()) (stub.Device, error) {
 		return hid.Open(hid.Mouse, arg)
 	case "acm":
 		return acm.Open(arg)
+	case "null":
+		return null.New(), nil
 	}
-	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc:IMAGE, emu-kbd:EVENTS, emu-mouse:EVENTS, emu-acm:TTYLINK)", device, kind)
+	return nil, fmt.Errorf("device %s: unknown emulated kind %q (emu-msc:IMAGE, emu-kbd:EVENTS, emu-mouse:EVENTS, emu-acm:TTYLINK, emu-null:NAME)", device, kind)
 }
 
 // Find looks a host device up by identity: through libusb when this
