@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/pvusb/pvusb/applets/demo"
 	"github.com/pvusb/pvusb/applets/ringdump"
 	"github.com/pvusb/pvusb/applets/sim"
 	"github.com/pvusb/pvusb/applets/usbback"
@@ -24,6 +25,7 @@ const Name = "pvusb"
 // applets that work are listed; a duplicate name panics at start.
 func All() []*cli.Command {
 	cmds := []*cli.Command{
+		demo.Command(),
 		usbback.Command(),
 		usbfront.Command(),
 		vportctl.Command(),

@@ -5,6 +5,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pvusb/pvusb/applets"
+	"github.com/pvusb/pvusb/applets/demo"
 	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/sim"
 	"github.com/pvusb/pvusb/core/sim/simtest"
@@ -35,7 +37,26 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv("PVUSB_E2E_ARGS"); args != "" {
 		os.Exit(applets.Main(strings.Split(args, "\x1f"), os.Stdin, os.Stdout, os.Stderr, "test", "test"))
 	}
+	// `pvusb demo` starts its children as os.Executable() APPLET ...:
+	// this binary, called with an applet's name.
+	if len(os.Args) > 1 && !strings.HasPrefix(os.Args[1], "-") {
+		os.Exit(applets.Main(append([]string{"pvusb"}, os.Args[1:]...), os.Stdin, os.Stdout, os.Stderr, "test", "test"))
+	}
 	os.Exit(m.Run())
+}
+
+// TestDemo runs `pvusb demo` (the README's first command's second half):
+// every check must pass and the report must say what it measured.
+func TestDemo(t *testing.T) {
+	var out, progress bytes.Buffer
+	if err := demo.Run(context.Background(), &out, &progress, 8, t.TempDir()); err != nil {
+		t.Fatalf("demo: %v\n%s\n%s", err, progress.String(), out.String())
+	}
+	for _, want := range []string{"1209:0001", "identical: OK", `received "pvusb": OK`, "4096 bytes echoed", "p50", "all checks passed", "[8/8]"} {
+		if !strings.Contains(out.String()+progress.String(), want) {
+			t.Errorf("demo output lacks %q:\n%s\n%s", want, progress.String(), out.String())
+		}
+	}
 }
 
 // proc is a pvusb applet in its own process.
