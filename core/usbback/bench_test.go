@@ -3,7 +3,6 @@ package usbback
 import (
 	"bufio"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"io"
 	"os"
@@ -24,7 +23,6 @@ import (
 	"github.com/pvusb/pvusb/core/usbhost"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/core/xenbus"
-	"github.com/pvusb/pvusb/stub"
 	"github.com/pvusb/pvusb/stub/msc"
 	"github.com/pvusb/pvusb/xs"
 )
@@ -183,60 +181,18 @@ func (r *benchRig) read(b *testing.B, size, count int) (total, p50, p99 time.Dur
 	return ns(f[1]), ns(f[2]), ns(f[3])
 }
 
-// directDisk is the reference: the same emulated disk called in process,
-// the same three transfers per command (CBW, data, CSW), no ring.
-type directDisk struct {
-	dev  stub.Device
-	t    stub.Transfer
-	done chan *stub.Transfer
-	cbw  []byte
-	csw  []byte
-	data []byte
-	tag  uint32
-}
-
-func newDirectDisk(b *testing.B, img string) *directDisk {
-	dev, err := msc.Open(img, false)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { dev.Close() })
-	return &directDisk{dev: dev, done: make(chan *stub.Transfer, 1), cbw: make([]byte, 31), csw: make([]byte, 13), data: make([]byte, 1<<20)}
-}
-
-func (d *directDisk) xfer(ep uint8, buf []byte) {
-	d.t = stub.Transfer{Type: usbif.TypeBulk, Endpoint: ep, Buffer: buf, Done: d.done}
-	if err := d.dev.Submit(&d.t); err != nil {
-		panic(err)
-	}
-	<-d.done
-}
-
-func (d *directDisk) read(lba uint32, size int) {
-	d.tag++
-	binary.LittleEndian.PutUint32(d.cbw, 0x43425355)
-	binary.LittleEndian.PutUint32(d.cbw[4:], d.tag)
-	binary.LittleEndian.PutUint32(d.cbw[8:], uint32(size))
-	d.cbw[12], d.cbw[14] = 0x80, 10
-	cdb := d.cbw[15:25]
-	cdb[0] = 0x28
-	binary.BigEndian.PutUint32(cdb[2:], lba)
-	binary.BigEndian.PutUint16(cdb[7:], uint16(size/512))
-	d.xfer(msc.EndpointOut, d.cbw)
-	for off := 0; off < size; off += frontend.MaxTransfer {
-		d.xfer(msc.EndpointIn, d.data[off:min(off+frontend.MaxTransfer, size)])
-	}
-	d.xfer(msc.EndpointIn, d.csw)
-}
-
-// timeDirect runs count reads of size on the direct disk.
-func (d *directDisk) time(size, count int) (total, p50, p99 time.Duration) {
+// directTime runs count READ(10)s of size through the disk called
+// directly in this process (msc.Direct): the reference.
+func directTime(d *msc.Direct, size, count int) (total, p50, p99 time.Duration) {
+	buf := make([]byte, size)
 	lat := make([]time.Duration, count)
 	lba := uint32(0)
 	t0 := time.Now()
 	for i := 0; i < count; i++ {
 		t1 := time.Now()
-		d.read(lba, size)
+		if err := d.Read(lba, buf); err != nil {
+			panic(err)
+		}
 		lat[i] = time.Since(t1)
 		if lba += uint32(size / 512); lba+uint32(size/512) > benchDisk/512 {
 			lba = 0
@@ -256,16 +212,21 @@ func (d *directDisk) time(size, count int) (total, p50, p99 time.Duration) {
 // allocations counted (-benchmem) are this process's: the backend's.
 func BenchmarkWholePath(b *testing.B) {
 	r := newBenchRig(b)
-	direct := newDirectDisk(b, r.img)
+	dev, err := msc.Open(r.img, false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	direct := msc.NewDirect(dev)
 	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
 		b.Run(fmt.Sprintf("read=%dKiB", size>>10), func(b *testing.B) {
 			r.read(b, size, 20) // warm
-			direct.time(size, 20)
+			directTime(direct, size, 20)
 			b.SetBytes(int64(size))
 			b.ResetTimer()
 			total, p50, p99 := r.read(b, size, b.N)
 			b.StopTimer()
-			dt, d50, d99 := direct.time(size, b.N)
+			dt, d50, d99 := directTime(direct, size, b.N)
 			mbps := float64(size) * float64(b.N) / total.Seconds() / 1e6
 			dmbps := float64(size) * float64(b.N) / dt.Seconds() / 1e6
 			b.ReportMetric(mbps, "MB/s-path")

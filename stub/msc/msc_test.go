@@ -389,3 +389,25 @@ func FuzzCDB(f *testing.F) {
 		}
 	})
 }
+
+func TestDirectReadsWhatWasWritten(t *testing.T) {
+	img := filepath.Join(t.TempDir(), "d.img")
+	data := make([]byte, 1<<20)
+	for i := range data {
+		data[i] = byte(i * 13)
+	}
+	os.WriteFile(img, data, 0o600)
+	dev, err := Open(img, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	d := NewDirect(dev)
+	buf := make([]byte, 200<<10)
+	if err := d.Read(8, buf); err != nil || !bytes.Equal(buf, data[8*512:8*512+len(buf)]) {
+		t.Fatalf("read: %v", err)
+	}
+	if err := d.Read(uint32(len(data)/512), make([]byte, 512)); err == nil {
+		t.Fatal("a read past the end succeeded")
+	}
+}
