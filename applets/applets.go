@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/pvusb/pvusb/applets/bench"
 	"github.com/pvusb/pvusb/applets/demo"
 	"github.com/pvusb/pvusb/applets/ringdump"
 	"github.com/pvusb/pvusb/applets/sim"
@@ -31,6 +32,7 @@ func All() []*cli.Command {
 		vportctl.Command(),
 		sim.Command(),
 		ringdump.Command(),
+		bench.Command(),
 	}
 	seen := map[string]bool{}
 	for _, c := range cmds {
