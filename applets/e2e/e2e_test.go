@@ -267,7 +267,9 @@ create = true
 	case <-time.After(20 * time.Second):
 		t.Fatal("transfers kept succeeding with the backend dead")
 	}
-	// Restarted, it writes the controller anew; usbfront reconnects.
+	// usbfront takes the dead connection's devices down...
+	eventually(t, "usbfront withdraws the devices of the dead backend", func() bool { return busids(addr) == "" })
+	// ...and when usbback restarts and writes the controller anew, reconnects.
 	back = start(t, "usbback", "-c", rulesPath)
 	eventually(t, "usbfront reconnects to the restarted backend", func() bool { return busids(addr) == "0-1 0-2 0-3" })
 	disk2 := importDev(t, addr, "0-1")

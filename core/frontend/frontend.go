@@ -265,7 +265,7 @@ func (f *Frontend) pumpLocked() {
 	put := false
 	for len(f.unlinks) > 0 && !f.urb.Full() {
 		i := f.unlinks[0]
-		f.unlinks = f.unlinks[1:]
+		f.unlinks = f.unlinks[:copy(f.unlinks, f.unlinks[1:])]
 		s := &f.slots[i]
 		if s.urb == nil || !s.unlinkPending {
 			continue // answered meanwhile
@@ -279,7 +279,9 @@ func (f *Frontend) pumpLocked() {
 			break
 		}
 		u := f.queue[0]
-		f.queue = f.queue[1:]
+		n := copy(f.queue, f.queue[1:]) // keep the array: reslicing the front would make appends allocate
+		f.queue[n] = nil
+		f.queue = f.queue[:n]
 		f.putLocked(i, u)
 		put = true
 	}
@@ -421,6 +423,26 @@ func (f *Frontend) latchLocked(what string, err error) {
 // credits and anything queued are there to see.
 func (f *Frontend) Run(ctx context.Context) error {
 	defer close(f.done)
+	// wctx lets the watchdog wake a Run asleep on the event channel once
+	// it latched an error (the backend died: no event will come).
+	wctx, wake := context.WithCancel(ctx)
+	defer wake()
+	go func() {
+		t := time.NewTicker(watchdogPeriod)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				if f.watchdog() {
+					wake()
+				}
+			case <-ctx.Done():
+				return
+			case <-f.done:
+				return
+			}
+		}
+	}()
 	_ = f.cfg.Events.Notify(f.port)
 	for {
 		if f.cfg.Poll > 0 && f.poll(ctx) {
@@ -439,16 +461,13 @@ func (f *Frontend) Run(ctx context.Context) error {
 		if more {
 			continue
 		}
-		wctx, cancel := context.WithTimeout(ctx, watchdogPeriod)
 		p, werr := f.cfg.Events.Wait(wctx)
-		cancel()
 		if werr != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if wctx.Err() != nil {
-				f.watchdog()
-				continue
+			if err := f.Err(); err != nil {
+				return err // latched by the watchdog
 			}
 			return fmt.Errorf("event channel: %w", werr)
 		}
@@ -458,23 +477,26 @@ func (f *Frontend) Run(ctx context.Context) error {
 	}
 }
 
-// watchdogPeriod is how long Run sleeps before it kicks the backend while
-// URBs are outstanding (xen-hcd's watchdog does the same): a lost event
-// is recovered, and a backend that is gone is found out.
+// watchdogPeriod is how often Run's watchdog kicks the backend while URBs
+// are outstanding (xen-hcd's watchdog does the same): a lost event is
+// recovered, and a backend that is gone is found out.
 const watchdogPeriod = time.Second
 
 // watchdog notifies the backend when URBs wait; if the channel's peer is
 // gone (the backend died), everything outstanding fails now instead of
 // hanging until the device is created anew.
-func (f *Frontend) watchdog() {
+// It reports whether it latched an error.
+func (f *Frontend) watchdog() bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.err != nil || (f.urb.Outstanding() == 0 && len(f.queue) == 0) {
-		return
+		return false
 	}
 	if err := f.cfg.Events.Notify(f.port); err != nil {
 		f.latchLocked("backend gone", err)
+		return true
 	}
+	return false
 }
 
 // poll watches the urb ring for up to Poll while URBs are in flight and
