@@ -25,14 +25,17 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pvusb/pvusb/applets/help"
+	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/frontend"
 	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/sim"
+	"github.com/pvusb/pvusb/core/usbback"
 	"github.com/pvusb/pvusb/core/usbhost"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/core/usbip"
 	"github.com/pvusb/pvusb/core/xenbus"
+	"github.com/pvusb/pvusb/stub/libusb"
 	"github.com/pvusb/pvusb/stub/msc"
 	"github.com/pvusb/pvusb/xs"
 )
@@ -63,6 +66,7 @@ func Command() *cli.Command {
 			&cli.DurationFlag{Name: "time", Value: time.Second, Usage: "how long each measurement runs"},
 			&cli.BoolFlag{Name: "json", Usage: "print JSON"},
 			&cli.BoolFlag{Name: "quick", Usage: "a quick look: 200 ms per measurement"},
+			&cli.StringFlag{Name: "host", Usage: "also measure host mass-storage device `BUSID` through pvusb against gousb (libusb) directly"},
 		},
 		Action: func(c *cli.Context) error {
 			ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
@@ -71,7 +75,7 @@ func Command() *cli.Command {
 			if c.Bool("quick") {
 				d = 200 * time.Millisecond
 			}
-			rs, err := Run(ctx, c.App.ErrWriter, d)
+			rs, err := Run(ctx, c.App.ErrWriter, d, c.String("host"))
 			if err != nil {
 				return err
 			}
@@ -137,6 +141,8 @@ func human(v float64, unit string) string {
 		return fmt.Sprintf("%.1f MiB", v)
 	case "us":
 		return fmt.Sprintf("%.0f µs", v)
+	case "skipped":
+		return "skipped"
 	}
 	return fmt.Sprintf("%g %s", v, unit)
 }
@@ -152,6 +158,8 @@ type rig struct {
 	disk    *usbhost.Disk
 	addr    string // usbfront's USB/IP export
 	img     string
+	host    *usbhost.Host
+	plugged chan usbif.ConnResponse
 	cleanup []func()
 }
 
@@ -169,7 +177,7 @@ func (r *rig) close() {
 const benchDisk = 64 << 20
 
 // Run measures everything; progress goes to progress.
-func Run(ctx context.Context, progress io.Writer, each time.Duration) ([]Result, error) {
+func Run(ctx context.Context, progress io.Writer, each time.Duration, host string) ([]Result, error) {
 	r, err := setup(ctx, progress)
 	if err != nil {
 		return nil, err
@@ -240,6 +248,19 @@ func Run(ctx context.Context, progress io.Writer, each time.Duration) ([]Result,
 	rs = append(rs, Result{Name: "USB/IP export, 64 KiB READ(10), loopback", Value: exp, Unit: "B/s",
 		Reference: "ring path " + human(ring64, "B/s"), RefValue: ring64, Ratio: exp / ring64, Target: ">= 0.8x the ring path", Met: &met})
 
+	// A host device through pvusb, then through gousb directly.
+	if host == "" {
+		rs = append(rs, Result{Name: "host device, 64 KiB READ(10)", Unit: "skipped", Reference: "gousb directly", Target: "no --host BUSID given"})
+	} else {
+		say(fmt.Sprintf("host device %s, 64 KiB READ(10)s through pvusb, then through gousb, %v each", host, each))
+		via, direct, err := r.hostRates(ctx, host, each)
+		if err != nil {
+			return nil, fmt.Errorf("host device %s: %w", host, err)
+		}
+		rs = append(rs, Result{Name: "host device " + host + ", 64 KiB READ(10)", Value: via, Unit: "B/s",
+			Reference: "gousb directly " + human(direct, "B/s"), RefValue: direct, Ratio: via / direct})
+	}
+
 	// Memory of the daemons, after all that.
 	for _, p := range []struct {
 		name string
@@ -302,7 +323,7 @@ rules = ["emu-null:bench:1:0:1", "emu-msc:%s:1:0:2", "emu-msc:%s:2:0:1"]
 [[controller]]
 domid = 1
 devid = 0
-ports = 2
+ports = 3
 create = true
 [[controller]]
 domid = 2
@@ -359,8 +380,9 @@ create = true
 	case <-time.After(20 * time.Second):
 		return nil, errors.New("our frontend never connected")
 	}
-	r.f = conn.F
+	r.f, r.plugged = conn.F, plugged
 	h := &usbhost.Host{F: conn.F}
+	r.host = h
 	for i := 0; i < 2; i++ {
 		var ev usbif.ConnResponse
 		select {
@@ -383,6 +405,45 @@ create = true
 	}
 	ok = true
 	return r, nil
+}
+
+// hostRates reads a host disk through pvusb (plugged into our port 3 by
+// usbback), then, given back to the host, through gousb.
+func (r *rig) hostRates(ctx context.Context, busid string, d time.Duration) (float64, float64, error) {
+	ctl := filepath.Join(r.dir, "usbback.sock")
+	var rsp usbback.Response
+	if err := ctlsock.Call(ctl, usbback.Request{Op: "add", Rule: busid + ":1:0:3"}, &rsp); err != nil || rsp.Error != "" {
+		return 0, 0, fmt.Errorf("vportctl add: %v %s", err, rsp.Error)
+	}
+	var ev usbif.ConnResponse
+	select {
+	case ev = <-r.plugged:
+	case <-time.After(20 * time.Second):
+		return 0, 0, errors.New("the host device never appeared on the vusb")
+	}
+	dev, err := r.host.Enumerate(ctx, ev.Port, ev.Speed)
+	if err != nil {
+		return 0, 0, err
+	}
+	disk, err := usbhost.OpenDisk(ctx, dev)
+	if err != nil {
+		return 0, 0, err
+	}
+	via, err := rate(d, 64<<10, func(lba uint32, b []byte) error { return disk.Read(ctx, lba, b) })
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := ctlsock.Call(ctl, usbback.Request{Op: "del", Rule: "1:0:3"}, &rsp); err != nil || rsp.Error != "" {
+		return 0, 0, fmt.Errorf("vportctl del: %v %s", err, rsp.Error)
+	}
+	time.Sleep(time.Second) // the kernel's driver binds it again; gousb detaches it
+	g, err := libusb.Disk(busid)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer g.Close()
+	direct, err := rate(d, 64<<10, g.Read)
+	return via, direct, err
 }
 
 // ring keeps 16 URBs of size on the null device's bulk IN for d and

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pvusb/pvusb/applets"
+	"github.com/pvusb/pvusb/applets/bench"
 	"github.com/pvusb/pvusb/applets/demo"
 	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/sim"
@@ -307,6 +308,37 @@ create = true
 	}
 	var rsp usbback.Response
 	_ = ctlsock.Call(backSock, usbback.Request{Op: "list"}, &rsp)
+}
+
+// TestBench runs `pvusb bench` briefly: every measurement is there, with
+// its reference and ratio (the figures themselves are not asserted).
+func TestBench(t *testing.T) {
+	var progress bytes.Buffer
+	rs, err := bench.Run(context.Background(), &progress, 100*time.Millisecond, "")
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	names := map[string]bench.Result{}
+	for _, r := range rs {
+		names[r.Name] = r
+	}
+	for _, n := range []string{"ring, empty URBs (null device)", "ring, 64 KiB URBs (null device)", "emulated disk, 1024 KiB READ(10)",
+		"USB/IP export, 64 KiB READ(10), loopback", "usbfront resident memory", "usbback resident memory", "host device, 64 KiB READ(10)"} {
+		if _, ok := names[n]; !ok {
+			t.Errorf("no %q in %+v", n, rs)
+		}
+	}
+	for _, n := range []string{"ring, 64 KiB URBs (null device)", "emulated disk, 1024 KiB READ(10)", "USB/IP export, 64 KiB READ(10), loopback"} {
+		if r := names[n]; r.Value <= 0 || r.RefValue <= 0 || r.Ratio <= 0 {
+			t.Errorf("%s: %+v", n, r)
+		}
+	}
+	var table, js bytes.Buffer
+	bench.Print(&table, rs, false)
+	bench.Print(&js, rs, true)
+	if !strings.Contains(table.String(), "RATIO") || !strings.Contains(js.String(), `"ratio"`) {
+		t.Errorf("output:\n%s\n%s", table.String(), js.String())
+	}
 }
 
 // run runs an applet to completion in a child and returns its output.

@@ -3,6 +3,7 @@
 package libusb
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -105,4 +106,126 @@ func mbps(s gousb.Speed) string {
 		return "5000"
 	}
 	return "unknown"
+}
+
+// Disk opens the Bulk-Only disk at busid through gousb, the reference a
+// benchmark compares pvusb's path with: interface 0 claimed (the kernel's
+// driver detached until Close), READ(10) as CBW, data, CSW.
+func Disk(busid string) (d *DiskReader, err error) {
+	if _, serr := os.Stat(usbfsDir); serr != nil {
+		return nil, fmt.Errorf("libusb: %s: %w", usbfsDir, ErrNoUSBFS)
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			d, err = nil, fmt.Errorf("libusb: init failed: %v", r)
+		}
+	}()
+	ctx := gousb.NewContext()
+	devs, err := ctx.OpenDevices(func(desc *gousb.DeviceDesc) bool { return len(desc.Path) > 0 && Busid(desc.Bus, desc.Path) == busid })
+	if err != nil && len(devs) == 0 {
+		ctx.Close()
+		return nil, fmt.Errorf("libusb: open %s: %w", busid, err)
+	}
+	if len(devs) == 0 {
+		ctx.Close()
+		return nil, fmt.Errorf("libusb: no device %s", busid)
+	}
+	dev := devs[0]
+	for _, extra := range devs[1:] {
+		extra.Close()
+	}
+	fail := func(err error) (*DiskReader, error) {
+		dev.Close()
+		ctx.Close()
+		return nil, fmt.Errorf("libusb %s: %w", busid, err)
+	}
+	if err := dev.SetAutoDetach(true); err != nil {
+		return fail(err)
+	}
+	cfgNum, err := dev.ActiveConfigNum()
+	if err != nil {
+		return fail(err)
+	}
+	cfg, err := dev.Config(cfgNum)
+	if err != nil {
+		return fail(err)
+	}
+	intf, err := cfg.Interface(0, 0)
+	if err != nil {
+		cfg.Close()
+		return fail(err)
+	}
+	r := &DiskReader{ctx: ctx, dev: dev, cfg: cfg, intf: intf}
+	for _, e := range intf.Setting.Endpoints {
+		if e.TransferType != gousb.TransferTypeBulk {
+			continue
+		}
+		if e.Direction == gousb.EndpointDirectionIn && r.in == nil {
+			r.in, err = intf.InEndpoint(e.Number)
+		} else if e.Direction == gousb.EndpointDirectionOut && r.out == nil {
+			r.out, err = intf.OutEndpoint(e.Number)
+		}
+		if err != nil {
+			r.Close()
+			return nil, err
+		}
+	}
+	if r.in == nil || r.out == nil {
+		r.Close()
+		return nil, fmt.Errorf("libusb %s: no bulk endpoints on interface 0", busid)
+	}
+	return r, nil
+}
+
+// DiskReader reads a Bulk-Only disk through gousb.
+type DiskReader struct {
+	ctx  *gousb.Context
+	dev  *gousb.Device
+	cfg  *gousb.Config
+	intf *gousb.Interface
+	in   *gousb.InEndpoint
+	out  *gousb.OutEndpoint
+	tag  uint32
+}
+
+// Read runs READ(10) of len(buf) bytes at lba.
+func (r *DiskReader) Read(lba uint32, buf []byte) error {
+	r.tag++
+	cbw := make([]byte, 31)
+	binary.LittleEndian.PutUint32(cbw, 0x43425355)
+	binary.LittleEndian.PutUint32(cbw[4:], r.tag)
+	binary.LittleEndian.PutUint32(cbw[8:], uint32(len(buf)))
+	cbw[12], cbw[14], cbw[15] = 0x80, 10, 0x28
+	binary.BigEndian.PutUint32(cbw[17:], lba)
+	binary.BigEndian.PutUint16(cbw[22:], uint16(len(buf)/512))
+	if _, err := r.out.Write(cbw); err != nil {
+		return err
+	}
+	for off := 0; off < len(buf); {
+		n, err := r.in.Read(buf[off:])
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			break
+		}
+		off += n
+	}
+	csw := make([]byte, 13)
+	if _, err := r.in.Read(csw); err != nil {
+		return err
+	}
+	if csw[12] != 0 {
+		return fmt.Errorf("READ(10): CSW status %d", csw[12])
+	}
+	return nil
+}
+
+// Close releases the interface (the kernel's driver comes back) and the
+// device.
+func (r *DiskReader) Close() error {
+	r.intf.Close()
+	r.cfg.Close()
+	r.dev.Close()
+	return r.ctx.Close()
 }
