@@ -2,8 +2,11 @@ package grant
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -267,7 +270,15 @@ func (m *XenMapper) Close() error {
 type XenGranter struct {
 	fd  int
 	sys sysOps
+	// LimitPath is gntalloc's module-wide page limit (default 1024): a
+	// frontend's dedicated bounce pages take about 530 per vusb, so two
+	// vusbs in one guest exceed it. On ENOSPC the limit is raised (we are
+	// root in the guest) and the allocation tried once more.
+	LimitPath string
 }
+
+// GntallocLimit is where Linux exposes gntalloc's limit.
+const GntallocLimit = "/sys/module/xen_gntalloc/parameters/limit"
 
 // OpenXenGranter opens /dev/xen/gntalloc.
 func OpenXenGranter() (*XenGranter, error) {
@@ -275,7 +286,23 @@ func OpenXenGranter() (*XenGranter, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", GntallocPath, err)
 	}
-	return &XenGranter{fd: fd, sys: realSys{}}, nil
+	return &XenGranter{fd: fd, sys: realSys{}, LimitPath: GntallocLimit}, nil
+}
+
+// raiseLimit adds room for count more pages (and some) to gntalloc's limit.
+func (g *XenGranter) raiseLimit(count int) error {
+	if g.LimitPath == "" {
+		return errors.New("no limit to raise")
+	}
+	b, err := os.ReadFile(g.LimitPath)
+	if err != nil {
+		return err
+	}
+	cur, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(g.LimitPath, []byte(strconv.Itoa(cur+max(count, 1024))), 0)
 }
 
 // Grant allocates zeroed pages granted to dom and maps them (MAP_SHARED,
@@ -285,7 +312,12 @@ func (g *XenGranter) Grant(dom uint32, count int, writable bool) (Grant, error) 
 		return nil, &OpError{Op: "grant", Dom: dom, Err: fmt.Errorf("%d pages (1..%d)", count, MaxBatch)}
 	}
 	arg := allocGrefArg(dom, count, writable)
-	if err := g.sys.Ioctl(g.fd, IoctlGntallocAllocGref, arg); err != nil {
+	err := g.sys.Ioctl(g.fd, IoctlGntallocAllocGref, arg)
+	if errors.Is(err, unix.ENOSPC) && g.raiseLimit(count) == nil {
+		arg = allocGrefArg(dom, count, writable)
+		err = g.sys.Ioctl(g.fd, IoctlGntallocAllocGref, arg)
+	}
+	if err != nil {
 		return nil, &OpError{Op: "grant", Dom: dom, Err: os.NewSyscallError("ioctl ALLOC_GREF", err)}
 	}
 	index := le.Uint64(arg[8:])

@@ -3,6 +3,8 @@ package grant
 import (
 	"bytes"
 	"errors"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"golang.org/x/sys/unix"
@@ -131,6 +133,8 @@ type fakeKernel struct {
 	prots   []int
 	unmaps  int
 	failReq uintptr
+	failErr unix.Errno // what failReq fails with (EINVAL unless set)
+	failN   int        // how many times (0: always)
 	mmapErr error
 	statusN int16
 	mapper  *XenMapper
@@ -140,6 +144,15 @@ func (k *fakeKernel) Ioctl(fd int, req uintptr, arg []byte) error {
 	k.calls = append(k.calls, req)
 	k.args = append(k.args, append([]byte(nil), arg...))
 	if req == k.failReq {
+		if k.failN >= 0 {
+			if k.failN == 1 {
+				k.failReq = 0
+			}
+			k.failN--
+		}
+		if k.failErr != 0 {
+			return k.failErr
+		}
 		return unix.EINVAL
 	}
 	switch req {
@@ -254,5 +267,25 @@ func TestXenGranterBelowTheIoctl(t *testing.T) {
 	}
 	if _, err := g.Grant(0, 0, true); err == nil {
 		t.Error("zero pages")
+	}
+}
+
+// gntalloc's module-wide limit (1024 pages by default) is raised when an
+// allocation hits it, and the allocation tried again.
+func TestXenGranterRaisesTheModuleLimit(t *testing.T) {
+	limit := filepath.Join(t.TempDir(), "limit")
+	os.WriteFile(limit, []byte("1024\n"), 0o644)
+	k := &fakeKernel{failReq: IoctlGntallocAllocGref, failErr: unix.ENOSPC, failN: 1}
+	g := &XenGranter{fd: -1, sys: k, LimitPath: limit}
+	if _, err := g.Grant(0, 16, true); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(limit); string(b) != "2048" {
+		t.Fatalf("limit %q", b)
+	}
+	k = &fakeKernel{failReq: IoctlGntallocAllocGref, failErr: unix.ENOSPC}
+	g = &XenGranter{fd: -1, sys: k, LimitPath: filepath.Join(t.TempDir(), "missing")}
+	if _, err := g.Grant(0, 16, true); !errors.Is(err, unix.ENOSPC) {
+		t.Fatalf("without a limit to raise: %v", err)
 	}
 }

@@ -141,11 +141,12 @@ pack() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"; }
 step "domU image"
 U=$LAB/domUroot
 mkroot "$U"
-add_modules "$U" usbcore usb-storage sd_mod
+add_modules "$U" usbcore usb-storage sd_mod xen-evtchn xen-gntalloc vhci-hcd
 mkdir -p "$U/lib/modules/$KVER/extra"
 cp "$H/xen-hcd.ko" "$U/lib/modules/$KVER/extra/"
 /bin/busybox depmod -b "$U" "$KVER"
 install -m 0755 "$HERE/domU-init" "$U/init"
+cp "$B/pvusb" "$U/bin/pvusb" # usbfront in the guest (labmode=usbfront)
 pack "$U" "$IMG/domU.cpio.gz"
 
 # ---- dom0: Xen userspace, QEMU's device model (qusb), pvusb, the scenarios

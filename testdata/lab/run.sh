@@ -8,12 +8,12 @@
 # booted. The serial log, dom0's scenario logs and the guest consoles stay
 # in the run folder it names ($PVUSB_LAB/runs/<time>).
 #
-# Knobs: PVUSB_LAB (/tmp/pvusb-lab), LAB_TIMEOUT (720 s), LAB_MEM (1024 MiB).
+# Knobs: PVUSB_LAB (/tmp/pvusb-lab), LAB_TIMEOUT (1000 s), LAB_MEM (1024 MiB).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 LAB=${PVUSB_LAB:-/tmp/pvusb-lab}
-TIMEOUT=${LAB_TIMEOUT:-720}
-all="xenstore-client grant-evtchn qusb-reference ringdump-live pvusb-backend pvusb-host"
+TIMEOUT=${LAB_TIMEOUT:-1000}
+all="xenstore-client grant-evtchn qusb-reference ringdump-live pvusb-backend pvusb-host pvusb-frontend"
 scen=${*:-$all}
 RUN=$LAB/runs/$(date +%Y%m%d-%H%M%S)
 mkdir -p "$RUN"

@@ -1,0 +1,74 @@
+#!/bin/sh
+# pvusb-frontend: our frontend in a guest against real backends. A PV
+# domU runs pvusb usbfront (using /dev/xen/gntalloc, /dev/xen/evtchn and
+# /dev/xen/xenbus) instead of xen-hcd; each device reaches the domU's
+# own usb-storage through vhci-hcd (USB/IP over a socketpair).
+#   part 1: QEMU's qusb backend, the EHCI stick attached with xl
+#           usbdev-attach: 16 MiB O_DIRECT write/read/compare in the domU
+#   part 2: a second controller (type pv) attached with xl
+#           usbctrl-attach, served by pvusb usbback (adopt = true) with an
+#           emulated disk: the same test on it
+# Throughput as ratios to qusb-reference (xen-hcd + qusb) in this boot.
+ts() { cut -d' ' -f1 /proc/uptime; }
+LOG=/var/log/xen/console/guest-pvf.log
+UBLOG=/tmp/lab-usbback-front.log
+waitfor() {
+	i=0
+	while ! grep -aq "$1" $LOG 2>/dev/null && [ $i -lt $(($2 * 5)) ]; do sleep 0.2; i=$((i + 1)); done
+	grep -aq "$1" $LOG 2>/dev/null
+}
+fail() {
+	echo "LAB RESULT pvusb-frontend FAIL reason=$1 $facts"
+	tail -40 $LOG 2>/dev/null | sed 's/^/  domU: /'
+	tail -20 $UBLOG 2>/dev/null | sed 's/^/  usbback: /'
+	kill $UB 2>/dev/null
+	xl destroy pvf 2>/dev/null
+	exit 1
+}
+facts=""
+note() { facts="$facts $1"; }
+mbps() { # "DOMU RESULT..." line -> "write read" MB/s
+	echo "$1" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "%.3f %.3f", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}'
+}
+ratio() { # "w r" vs qusb
+	[ -s /tmp/qusb.mbps ] && [ -n "$1" ] && echo "$1 $(cat /tmp/qusb.mbps)" | awk -v p="$2" '{printf "%s_write_ratio_vs_qusb=%.2f %s_read_ratio_vs_qusb=%.2f", p, $1/$3, p, $2/$4}'
+}
+BUSID=""
+for d in /sys/bus/usb/devices/*; do [ "$(cat $d/serial 2>/dev/null)" = LABSTICK01 ] && BUSID=$(basename $d); done
+[ -n "$BUSID" ] || fail no-usb-stick-in-dom0
+BUS=$(cat /sys/bus/usb/devices/$BUSID/busnum)
+DEV=$(cat /sys/bus/usb/devices/$BUSID/devnum)
+xl create /root/domU-pvfront.cfg >/tmp/xl-create-pvf.log 2>&1 || { cat /tmp/xl-create-pvf.log; fail xl-create; }
+D=$(xl domid pvf)
+waitfor "DOMU READY" 120 || fail domU-not-ready
+grep -aq "DOMU READY xen-hcd=0 mode=usbfront" $LOG || fail "domU-not-in-usbfront-mode"
+xl usbdev-attach pvf hostbus=$BUS hostaddr=$DEV || fail usbdev-attach
+waitfor "DOMU DEVICE sda" 120 || fail domU-saw-no-disk-through-vhci
+note qusb_device=vhci
+waitfor "DOMU RESULT " 300 || fail no-result-from-domU
+r=$(grep -a "DOMU RESULT " $LOG | head -1)
+r=${r#*DOMU RESULT }
+case $r in storage=PASS*) ;; *) fail "qusb-part $r" ;; esac
+m=$(mbps "$r")
+note "qusb_part=PASS qusb_write_MBps=${m% *} qusb_read_MBps=${m#* } $(ratio "$m" qusb)"
+
+# Part 2: our backend, a controller attached while the domU runs.
+truncate -s 32M /tmp/pvf.img
+printf 'control = "/run/pvusb/front.sock"\nadopt = true\n' >/tmp/front.toml
+pvusb usbback -c /tmp/front.toml >$UBLOG 2>&1 &
+UB=$!
+i=0
+while [ ! -S /run/pvusb/front.sock ] && [ $i -lt 50 ]; do sleep 0.2; i=$((i + 1)); done
+xl usbctrl-attach pvf type=pv version=2 ports=4 >/tmp/xl-ctrl.log 2>&1 || { cat /tmp/xl-ctrl.log; fail usbctrl-attach; }
+pvusb vportctl -s /run/pvusb/front.sock add "emu-msc:/tmp/pvf.img:$D:1:1" || fail vportctl-add
+waitfor "DOMU DEVICE2" 120 || fail domU-saw-no-second-disk
+waitfor "DOMU RESULT2" 300 || fail no-result2-from-domU
+r=$(grep -a "DOMU RESULT2" $LOG | head -1)
+r=${r#*DOMU RESULT2 }
+case $r in storage=PASS*) ;; *) fail "usbback-part $r" ;; esac
+m=$(mbps "$r")
+note "usbback_part=PASS usbback_write_MBps=${m% *} usbback_read_MBps=${m#* } $(ratio "$m" usbback)"
+xl destroy pvf 2>/dev/null
+kill $UB
+wait $UB
+echo "LAB RESULT pvusb-frontend PASS$facts"
