@@ -16,8 +16,6 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -25,6 +23,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/pvusb/pvusb/applets/help"
+	"github.com/pvusb/pvusb/applets/internal/spawn"
 	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/frontend"
@@ -150,7 +149,7 @@ func human(v float64, unit string) string {
 // rig is the processes and our own frontend.
 type rig struct {
 	dir     string
-	procs   []*exec.Cmd
+	g       *spawn.Group
 	back    *exec.Cmd
 	front   *exec.Cmd
 	f       *frontend.Frontend
@@ -167,9 +166,8 @@ func (r *rig) close() {
 	for i := len(r.cleanup) - 1; i >= 0; i-- {
 		r.cleanup[i]()
 	}
-	for i := len(r.procs) - 1; i >= 0; i-- {
-		r.procs[i].Process.Signal(syscall.SIGTERM)
-		r.procs[i].Wait()
+	if r.g != nil {
+		r.g.Stop()
 	}
 	os.RemoveAll(r.dir)
 }
@@ -266,7 +264,7 @@ func Run(ctx context.Context, progress io.Writer, each time.Duration, host strin
 		name string
 		cmd  *exec.Cmd
 	}{{"usbfront resident memory", r.front}, {"usbback resident memory", r.back}} {
-		m := rssMiB(p.cmd.Process.Pid)
+		m := spawn.RSSMiB(p.cmd.Process.Pid)
 		met := m <= 20
 		rs = append(rs, Result{Name: p.name, Value: m, Unit: "MiB", Target: "<= 20 MiB", Met: &met})
 	}
@@ -277,10 +275,6 @@ func Run(ctx context.Context, progress io.Writer, each time.Duration, host strin
 // same disk) and usbfront (dom2, exporting), and connects our own
 // frontend as dom1.
 func setup(ctx context.Context, progress io.Writer) (*rig, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp("", "pvusb-bench-")
 	if err != nil {
 		return nil, err
@@ -292,26 +286,15 @@ func setup(ctx context.Context, progress io.Writer) (*rig, error) {
 			r.close()
 		}
 	}()
-	spawn := func(args ...string) (*exec.Cmd, error) {
-		logf, err := os.Create(filepath.Join(dir, args[0]+".log"))
-		if err != nil {
-			return nil, err
-		}
-		cmd := exec.Command(self, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			return nil, err
-		}
-		r.procs = append(r.procs, cmd)
-		return cmd, nil
+	if r.g, err = spawn.New(dir); err != nil {
+		return nil, err
 	}
 	fmt.Fprintln(progress, "bench: starting the simulated hypervisor, usbback and usbfront")
 	simDir := filepath.Join(dir, "sim")
-	if _, err := spawn("sim", "--dir", simDir); err != nil {
+	if _, err := r.g.Start("sim", "--dir", simDir); err != nil {
 		return nil, err
 	}
-	if err := waitFor(ctx, func() bool { _, e := os.Stat(filepath.Join(simDir, "xenstored.sock")); return e == nil }); err != nil {
+	if err := spawn.WaitFor(ctx, func() bool { _, e := os.Stat(filepath.Join(simDir, "xenstored.sock")); return e == nil }); err != nil {
 		return nil, errors.New("the simulator did not start")
 	}
 	f, _ := os.Create(r.img)
@@ -332,16 +315,13 @@ ports = 1
 create = true
 `, simDir, filepath.Join(dir, "usbback.sock"), r.img, r.img)
 	os.WriteFile(filepath.Join(dir, "rules.toml"), []byte(rules), 0o600)
-	if r.back, err = spawn("usbback", "-c", filepath.Join(dir, "rules.toml")); err != nil {
+	if r.back, err = r.g.Start("usbback", "-c", filepath.Join(dir, "rules.toml")); err != nil {
 		return nil, err
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if r.addr, err = spawn.FreeAddr(); err != nil {
 		return nil, err
 	}
-	r.addr = l.Addr().String()
-	l.Close()
-	if r.front, err = spawn("usbfront", "--sim", simDir, "--domid", "2", "--export", "tcp:"+r.addr, "--vhci", "off",
+	if r.front, err = r.g.Start("usbfront", "--sim", simDir, "--domid", "2", "--export", "tcp:"+r.addr, "--vhci", "off",
 		"--control", filepath.Join(dir, "usbfront.sock")); err != nil {
 		return nil, err
 	}
@@ -358,7 +338,7 @@ create = true
 	}
 	r.cleanup = append(r.cleanup, func() { c.Close() })
 	p := xenbus.NewPaths(1, 0, 0, "vusb")
-	if err := waitFor(ctx, func() bool { ok, _ := c.Exists(p.Frontend + "/backend"); return ok }); err != nil {
+	if err := spawn.WaitFor(ctx, func() bool { ok, _ := c.Exists(p.Frontend + "/backend"); return ok }); err != nil {
 		return nil, errors.New("usbback never created the controller")
 	}
 	conns := make(chan frontend.Connection, 1)
@@ -400,7 +380,7 @@ create = true
 			return nil, err
 		}
 	}
-	if err := waitFor(ctx, func() bool { return len(devlist(r.addr)) == 1 }); err != nil {
+	if err := spawn.WaitFor(ctx, func() bool { return len(spawn.Devlist(r.addr)) == 1 }); err != nil {
 		return nil, errors.New("usbfront never exported the disk")
 	}
 	ok = true
@@ -539,44 +519,4 @@ func memcpyRate(size int, d time.Duration) float64 {
 		n += 64
 	}
 	return float64(n*size) / time.Since(t0).Seconds()
-}
-
-func waitFor(ctx context.Context, cond func() bool) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func devlist(addr string) []usbip.Device {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return nil
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	d, _ := usbip.Devlist(c)
-	return d
-}
-
-func rssMiB(pid int) float64 {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		return -1
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb / 1024
-		}
-	}
-	return -1
 }

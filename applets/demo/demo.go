@@ -14,7 +14,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -26,6 +25,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/pvusb/pvusb/applets/help"
+	"github.com/pvusb/pvusb/applets/internal/spawn"
 	"github.com/pvusb/pvusb/core/usbip"
 )
 
@@ -81,11 +81,8 @@ func Run(ctx context.Context, out, progress io.Writer, sizeMiB int, keep string)
 	if sizeMiB < 1 || sizeMiB > 4096 {
 		return fmt.Errorf("--size %d: 1..4096 MiB", sizeMiB)
 	}
-	self, err := os.Executable()
-	if err != nil {
-		return err
-	}
 	dir := keep
+	var err error
 	if dir == "" {
 		if dir, err = os.MkdirTemp("", "pvusb-demo-"); err != nil {
 			return err
@@ -96,32 +93,17 @@ func Run(ctx context.Context, out, progress io.Writer, sizeMiB int, keep string)
 	}
 	t0 := time.Now()
 	st := &steps{w: progress, of: 8}
-	var procs []*exec.Cmd
-	defer func() {
-		for i := len(procs) - 1; i >= 0; i-- { // usbfront first: it closes the vusb cleanly
-			procs[i].Process.Signal(syscall.SIGTERM)
-			procs[i].Wait()
-		}
-	}()
-	spawn := func(name string, args ...string) error {
-		logf, err := os.Create(filepath.Join(dir, name+".log"))
-		if err != nil {
-			return err
-		}
-		cmd := exec.Command(self, args...)
-		cmd.Stdout, cmd.Stderr = logf, logf
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-		if err := cmd.Start(); err != nil {
-			return err
-		}
-		procs = append(procs, cmd)
-		return nil
+	g, err := spawn.New(dir)
+	if err != nil {
+		return err
 	}
+	defer g.Stop()
+	start := func(args ...string) error { _, err := g.Start(args[0], args[1:]...); return err }
 	simDir := filepath.Join(dir, "sim")
 	st.begin("starting the simulated hypervisor (pvusb sim)")
-	err = spawn("sim", "sim", "--dir", simDir)
+	err = start("sim", "--dir", simDir)
 	if err == nil {
-		err = waitFor(ctx, func() bool { _, e := os.Stat(filepath.Join(simDir, "xenstored.sock")); return e == nil })
+		err = spawn.WaitFor(ctx, func() bool { _, e := os.Stat(filepath.Join(simDir, "xenstored.sock")); return e == nil })
 	}
 	if st.end(err) != nil {
 		return err
@@ -136,21 +118,21 @@ func Run(ctx context.Context, out, progress io.Writer, sizeMiB int, keep string)
 		err = os.WriteFile(filepath.Join(dir, "rules.toml"), []byte(rules), 0o600)
 	}
 	if err == nil {
-		err = spawn("usbback", "usbback", "-c", filepath.Join(dir, "rules.toml"))
+		err = start("usbback", "-c", filepath.Join(dir, "rules.toml"))
 	}
 	if st.end(err) != nil {
 		return err
 	}
 
 	st.begin("starting usbfront as dom 1, exporting over USB/IP on loopback")
-	addr, err := freeAddr()
+	addr, err := spawn.FreeAddr()
 	if err == nil {
-		err = spawn("usbfront", "usbfront", "--sim", simDir, "--domid", "1", "--export", "tcp:"+addr, "--vhci", "off",
+		err = start("usbfront", "--sim", simDir, "--domid", "1", "--export", "tcp:"+addr, "--vhci", "off",
 			"--control", filepath.Join(dir, "usbfront.sock"))
 	}
 	var devs []usbip.Device
 	if err == nil {
-		err = waitFor(ctx, func() bool { devs = devlist(addr); return len(devs) == 3 })
+		err = spawn.WaitFor(ctx, func() bool { devs = spawn.Devlist(addr); return len(devs) == 3 })
 		if err != nil {
 			err = fmt.Errorf("usbfront did not bring up the three devices (logs in %s): %w", dir, err)
 		}
@@ -254,42 +236,6 @@ func prepare(img string, sizeMiB int, fifo string) error {
 	f.Close()
 	os.Remove(fifo)
 	return unix.Mkfifo(fifo, 0o600)
-}
-
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
-
-// waitFor polls cond, bounded: another process is coming up.
-func waitFor(ctx context.Context, cond func() bool) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			return errors.New("timed out")
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-	return nil
-}
-
-func devlist(addr string) []usbip.Device {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return nil
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	d, _ := usbip.Devlist(c)
-	return d
 }
 
 // open imports a device and selects configuration 1, as the guest's
