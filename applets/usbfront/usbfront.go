@@ -38,6 +38,7 @@ type Config struct {
 	DevID   uint32
 	Export  string // "tcp:HOST:PORT" or ""
 	VHCI    string // auto, on, off
+	Capture string // directory for vhci-hcd connection captures
 	Control string
 	Debug   bool
 }
@@ -54,11 +55,12 @@ func Command() *cli.Command {
 		&cli.StringFlag{Name: "export", Usage: "also serve the devices to USB/IP clients at `tcp:HOST:PORT` (usbip list -r, usbip attach)"},
 		&cli.StringFlag{Name: "vhci", Value: "auto", Usage: "hand devices to the kernel's vhci-hcd: auto (when loaded), on, off"},
 		&cli.StringFlag{Name: "control", Usage: "control socket (default /run/pvusb/usbfront-DEVID.sock)"},
+		&cli.StringFlag{Name: "capture", Usage: "keep the first 64 KiB each way of every vhci-hcd connection in `DIR` (BUSID.cmd, BUSID.ret) for bug reports and tests"},
 		&cli.BoolFlag{Name: "debug", Usage: "log at debug level"},
 	}
 	cfgOf := func(c *cli.Context) Config {
 		cfg := Config{Sim: c.String("sim"), Dom: uint32(c.Uint("domid")), BackDom: uint32(c.Uint("backend-domid")),
-			DevID: uint32(c.Uint("devid")), Export: c.String("export"), VHCI: c.String("vhci"), Control: c.String("control"), Debug: c.Bool("debug")}
+			DevID: uint32(c.Uint("devid")), Export: c.String("export"), VHCI: c.String("vhci"), Capture: c.String("capture"), Control: c.String("control"), Debug: c.Bool("debug")}
 		if cfg.Control == "" {
 			cfg.Control = controlPath(cfg.DevID)
 		}
@@ -122,7 +124,12 @@ func Run(ctx context.Context, logw io.Writer, cfg Config, ready func(*svc.Servic
 		return err
 	}
 	defer closeAll()
-	sc := svc.Config{BackDom: cfg.BackDom, DevID: cfg.DevID, Log: log, Poll: frontend.DefaultPoll}
+	sc := svc.Config{BackDom: cfg.BackDom, DevID: cfg.DevID, Log: log, Poll: frontend.DefaultPoll, Capture: cfg.Capture}
+	if cfg.Capture != "" {
+		if err := os.MkdirAll(cfg.Capture, 0o755); err != nil {
+			return fmt.Errorf("usbfront: --capture: %w", err)
+		}
+	}
 	switch cfg.VHCI {
 	case "on", "auto":
 		v := usbip.DefaultVHCI

@@ -12,8 +12,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +50,11 @@ type Config struct {
 	// VHCI, when set, gets each device attached (the guest kernel's
 	// drivers then bind it); nil leaves the kernel out.
 	VHCI *usbip.VHCI
+	// Capture, when set, is a directory that receives the first
+	// CaptureLimit bytes each way of every vhci-hcd connection
+	// (<busid>.cmd, <busid>.ret): what the guest kernel sent, what we
+	// answered. The lab keeps them as the tests' captured sequences.
+	Capture string
 	// Exporter, when set, offers each device to USB/IP clients.
 	Exporter *usbip.Exporter
 	// OnDevice, when set, hears of each device brought up (ready) or gone
@@ -56,6 +63,11 @@ type Config struct {
 	Poll     time.Duration // frontend polling window (frontend.DefaultPoll)
 	Log      *slog.Logger
 }
+
+// CaptureLimit is how much of each direction Config.Capture keeps: the
+// enumeration, the class driver's first commands and the start of the
+// data, without filling the guest's disk.
+const CaptureLimit = 64 << 10
 
 // Service drives one vusb. Safe for concurrent use.
 type Service struct {
@@ -303,10 +315,21 @@ func (ss *session) bringUp(ctx context.Context, p uint8) {
 			pd.vport = vport
 			sctx, stop := context.WithCancel(context.Background())
 			pd.stop, pd.served = stop, make(chan struct{})
+			var conn io.ReadWriteCloser = ours
+			var tap *usbip.Tap
+			if dir := ss.s.cfg.Capture; dir != "" {
+				tap = usbip.NewTap(ours, filepath.Join(dir, pd.busid), CaptureLimit)
+				conn = tap
+			}
 			go func() {
 				defer close(pd.served)
-				if err := usbip.Serve(sctx, ours, target, log); err != nil {
+				if err := usbip.Serve(sctx, conn, target, log); err != nil {
 					log.Warn("usbfront: vhci-hcd connection ended", "err", err)
+				}
+				if tap != nil {
+					if err := tap.Save(); err != nil {
+						log.Warn("usbfront: capture", "err", err)
+					}
 				}
 			}()
 			log.Info("usbfront: attached to vhci-hcd", "vhci-port", vport)

@@ -85,6 +85,12 @@ type rig struct {
 
 func newRig(t *testing.T) (*rig, context.Context) {
 	t.Helper()
+	return newRigDisk(t, 8<<20)
+}
+
+// newRigDisk is newRig with a disk of diskSize bytes.
+func newRigDisk(t *testing.T, diskSize int) (*rig, context.Context) {
+	t.Helper()
 	mem := fronttest.NewMem()
 	conn := make(chan usbif.ConnResponse, 8)
 	f, rings, err := frontend.New(frontend.Config{NumPorts: 4, Granter: mem.Granter(), Events: mem.FrontEvents(),
@@ -100,7 +106,7 @@ func newRig(t *testing.T) (*rig, context.Context) {
 	go e.Run(ctx)
 	go f.Run(ctx)
 	img := filepath.Join(t.TempDir(), "disk.img")
-	os.WriteFile(img, make([]byte, 8<<20), 0o600)
+	os.WriteFile(img, make([]byte, diskSize), 0o600)
 	disk, _ := msc.Open(img, false)
 	kbd := hid.New(hid.Keyboard, nil)
 	e.Plug(1, disk)

@@ -90,7 +90,7 @@ step "build pvusb and the lab tests (static)"
 B=$LAB/bin
 mkdir -p "$B"
 (cd "$TOP" && ./build.sh >/dev/null 2>&1 && cp pvusb "$B/pvusb") || die "pvusb did not build"
-for p in xs core/grant core/evtchn; do
+for p in xs core/grant core/evtchn core/usbip; do
 	(cd "$TOP" && CGO_ENABLED=0 go test -c -tags lab -o "$B/$(basename $p).test" "./$p") || die "lab test $p did not build"
 done
 
@@ -177,6 +177,7 @@ install -m 0755 "$HERE/dom0-init" "$D/init"
 mkdir -p "$D/lab/bin"
 cp "$HERE"/domU-*.cfg "$D/root/"
 install -m 0755 "$HERE/test.sh" "$D/lab/test.sh"
+install -m 0755 "$HERE/vhci-capture.sh" "$D/lab/vhci-capture.sh"
 cp -a "$HERE/scenarios" "$D/lab/"
 cp "$B"/* "$D/lab/bin/"
 ln -s /lab/bin/pvusb "$D/usr/sbin/pvusb"

@@ -68,6 +68,16 @@ r=${r#*DOMU RESULT2 }
 case $r in storage=PASS*) ;; *) fail "usbback-part $r" ;; esac
 m=$(mbps "$r")
 note "usbback_part=PASS usbback_write_MBps=${m% *} usbback_read_MBps=${m#* } $(ratio "$m" usbback)"
+# The captured USB/IP streams (vhci-hcd <-> usbfront, both vusbs): the
+# same checks and replay as core/usbip/testdata/vhci gets in go test.
+# Devid 0 is QEMU's qusb with the stick, devid 1 our usbback's disk.
+CAP=/tmp/vhci-cap
+/lab/vhci-capture.sh $LOG $CAP || fail capture-extract
+mv $CAP/0-1.cmd $CAP/msc-qusb-stick.cmd && mv $CAP/0-1.ret $CAP/msc-qusb-stick.ret || fail "no-capture-of-0-1 $(ls $CAP)"
+mv $CAP/1-1.cmd $CAP/msc-pvusb-emu.cmd && mv $CAP/1-1.ret $CAP/msc-pvusb-emu.ret || fail "no-capture-of-1-1 $(ls $CAP)"
+PVUSB_VHCI_CAPTURE=$CAP /lab/bin/usbip.test -test.run '^TestKernelVHCIStreams$' -test.v >/tmp/lab-vhci-capture.log 2>&1 ||
+	fail "vhci-capture-check $(grep -a -m3 -E 'capture_test|FAIL' /tmp/lab-vhci-capture.log | tr -s ' \t\n' ' ')"
+note "vhci_capture=PASS cmd_bytes=$(cat $CAP/*.cmd | wc -c) ret_bytes=$(cat $CAP/*.ret | wc -c)"
 xl destroy pvf 2>/dev/null
 kill $UB
 wait $UB
