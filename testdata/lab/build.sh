@@ -147,6 +147,10 @@ cp "$H/xen-hcd.ko" "$U/lib/modules/$KVER/extra/"
 /bin/busybox depmod -b "$U" "$KVER"
 install -m 0755 "$HERE/domU-init" "$U/init"
 cp "$B/pvusb" "$U/bin/pvusb" # usbfront in the guest (labmode=usbfront)
+# Linux's own USB/IP client, to attach what usbfront --export offers
+cp "$X/usr/sbin/usbip" "$U/usr/sbin/usbip"
+cp -L /lib64/ld-linux-x86-64.so.2 "$U/lib64/"
+copy_libs "$U" "$U/usr/sbin/usbip"
 pack "$U" "$IMG/domU.cpio.gz"
 
 # ---- dom0: Xen userspace, QEMU's device model (qusb), pvusb, the scenarios

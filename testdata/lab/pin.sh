@@ -8,7 +8,7 @@ kver=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/{s
 pkgs="xen-hypervisor-4.17-amd64 xen-utils-4.17 xen-utils-common xenstore-utils qemu-system-xen
       libxenhypfs1 libxenmisc4.17 libxencall1 libxenevtchn1 libxenforeignmemory1 libxengnttab1
       libxenstore4 libxentoolcore1 libxentoollog1 libxendevicemodel1 libyajl2 libspice-server1
-      libfdt1 libusb-1.0-0 linux-image-$kver linux-headers-$kver linux-headers-${kver%-amd64}-common
+      libfdt1 libusb-1.0-0 usbip libudev1 linux-image-$kver linux-headers-$kver linux-headers-${kver%-amd64}-common
       linux-kbuild-6.1 linux-source-6.1"
 {
 	echo "# Debian packages of the Xen lab, pinned: name version (testdata/lab/pin.sh rewrites this)."

@@ -8,6 +8,9 @@
 #   part 2: a second controller (type pv) attached with xl
 #           usbctrl-attach, served by pvusb usbback (adopt = true) with an
 #           emulated disk: the same test on it
+#   part 3: that usbfront closed (SIGINT) and started again with --export:
+#           Linux's usbip list -r / usbip attach over loopback TCP, the
+#           disk read back and compared
 # Throughput as ratios to qusb-reference (xen-hcd + qusb) in this boot.
 ts() { cut -d' ' -f1 /proc/uptime; }
 LOG=/var/log/xen/console/guest-pvf.log
@@ -78,6 +81,15 @@ mv $CAP/1-1.cmd $CAP/msc-pvusb-emu.cmd && mv $CAP/1-1.ret $CAP/msc-pvusb-emu.ret
 PVUSB_VHCI_CAPTURE=$CAP /lab/bin/usbip.test -test.run '^TestKernelVHCIStreams$' -test.v >/tmp/lab-vhci-capture.log 2>&1 ||
 	fail "vhci-capture-check $(grep -a -m3 -E 'capture_test|FAIL' /tmp/lab-vhci-capture.log | tr -s ' \t\n' ' ')"
 note "vhci_capture=PASS cmd_bytes=$(cat $CAP/*.cmd | wc -c) ret_bytes=$(cat $CAP/*.ret | wc -c)"
+# Part 3 (in the domU): usbfront closed and started again with --export;
+# Linux's usbip lists and attaches the disk; the data is still there.
+waitfor "DOMU RESULT3" 200 || fail no-result3-from-domU
+grep -aq "DOMU usbip-list: .* 1-1: " $LOG || fail usbip-list-lacks-1-1
+grep -aq "DOMU usbip-attach: .*error" $LOG && fail "usbip-attach-error $(grep -a 'DOMU usbip-attach' $LOG | tr -s ' \r\n' ' ')"
+r=$(grep -a "DOMU RESULT3" $LOG | head -1)
+r=${r#*DOMU RESULT3 }
+case $r in storage=PASS*) ;; *) fail "usbip-attach-part $r" ;; esac
+note "export_part=PASS usbip_attach=ok reconnect=ok export_read_MBps=$(echo "$r" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["read_s"]>0) printf "%.3f", v["size_mib"]*1.048576/v["read_s"]}')"
 xl destroy pvf 2>/dev/null
 kill $UB
 wait $UB
