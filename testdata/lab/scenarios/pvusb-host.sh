@@ -4,6 +4,7 @@
 # a PV domU whose controller xl creates (usbctrl type=pv; the daemon runs
 # with adopt = true and answers InitWait within libxl's wait):
 #   - gousb (libusb) and sysfs agree on the host's devices
+#   - pvusb bench --host: the stick through pvusb against gousb directly
 #   - vportctl add takes the stick from dom0's usb-storage (usbfs claims it)
 #   - the domU's 16 MiB O_DIRECT write/read/compare passes; MB/s as a
 #     ratio to qusb-reference (the same stick) in this boot
@@ -47,6 +48,16 @@ sed 's/^/  /' /tmp/devices.txt
 grep -q "$BUSID .*LABSTICK01" /tmp/devices.txt || fail libusb-misses-the-stick
 pvusb vportctl devices --cross-check || fail libusb-sysfs-disagree
 note gousb_cross_check=ok
+
+# pvusb bench --host: the stick read through pvusb (usbfs, our backend
+# and frontend on the simulator, here in dom0) against gousb reading it
+# directly, in one run; dom0's usb-storage gets it back afterwards.
+timeout 400 pvusb bench --quick --json --host "$BUSID" >/tmp/bench-host.json 2>/tmp/lab-bench-host.log ||
+	fail "bench-host $(tail -3 /tmp/lab-bench-host.log | tr -s '\n' ' ')"
+hb=$(awk '/"name": "host device /{f=1} f && /"value":/{v=$2} f && /"reference_value":/{r=$2} f && /"ratio":/{gsub(",","",v); gsub(",","",r); printf "bench_host_MBps=%.2f bench_gousb_MBps=%.2f bench_host_ratio_vs_gousb=%.2f", v/1e6, r/1e6, $2; exit}' /tmp/bench-host.json)
+[ -n "$hb" ] || fail "bench-host-no-result $(head -c 300 /tmp/bench-host.json)"
+note "$hb"
+waitdriver usb-storage 30 || fail "dom0-driver-after-bench-is-$(driver)"
 
 cat >/tmp/host.toml <<EOT
 control = "/run/pvusb/host.sock"
