@@ -365,9 +365,9 @@ func TestTapKeepsTheFirstBytesEachWay(t *testing.T) {
 		t.Fatal(err)
 	}
 	// A short connection is saved at close.
-	a, b = net.Pipe()
-	tap = NewTap(a, filepath.Join(dir, "y"), 1<<10)
-	go func() { b.Write([]byte("hi")); b.Close() }()
+	a2, b2 := net.Pipe() // new names: the first peer still holds b
+	tap = NewTap(a2, filepath.Join(dir, "y"), 1<<10)
+	go func() { b2.Write([]byte("hi")); b2.Close() }()
 	io.ReadAll(tap)
 	tap.Close()
 	if cmd, _ := os.ReadFile(filepath.Join(dir, "y.cmd")); string(cmd) != "hi" {
@@ -377,8 +377,8 @@ func TestTapKeepsTheFirstBytesEachWay(t *testing.T) {
 		t.Fatalf("y.ret %q %v", ret, err)
 	}
 	// A capture that cannot be written says so.
-	a, _ = net.Pipe()
-	tap = NewTap(a, filepath.Join(dir, "no", "such", "z"), 4)
+	a3, _ := net.Pipe()
+	tap = NewTap(a3, filepath.Join(dir, "no", "such", "z"), 4)
 	if err := tap.Close(); err == nil {
 		t.Fatal("an unwritable capture reported no error")
 	}
