@@ -24,6 +24,7 @@ import (
 	"github.com/pvusb/pvusb/applets"
 	"github.com/pvusb/pvusb/applets/bench"
 	"github.com/pvusb/pvusb/applets/demo"
+	"github.com/pvusb/pvusb/applets/internal/spawn"
 	"github.com/pvusb/pvusb/core/ctlsock"
 	"github.com/pvusb/pvusb/core/sim"
 	"github.com/pvusb/pvusb/core/sim/simtest"
@@ -70,9 +71,8 @@ func start(t *testing.T, args ...string) *proc {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "PVUSB_E2E_ARGS="+strings.Join(append([]string{"pvusb"}, args...), "\x1f"))
-	var log bytes.Buffer
-	cmd.Stderr = &syncWriter{b: &log}
-	cmd.Stdout = cmd.Stderr
+	var log bytes.Buffer // read only once the child was waited for
+	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -88,10 +88,6 @@ func (p *proc) kill(sig syscall.Signal) {
 	}
 }
 
-type syncWriter struct{ b *bytes.Buffer }
-
-func (w *syncWriter) Write(p []byte) (int, error) { return w.b.Write(p) } // one writer: the child
-
 // eventually polls cond (bounded) for something another process does.
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -104,20 +100,9 @@ func eventually(t *testing.T, what string, cond func() bool) {
 	t.Fatalf("never: %s", what)
 }
 
-func devlist(addr string) []usbip.Device {
-	c, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return nil
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	d, _ := usbip.Devlist(c)
-	return d
-}
-
 func busids(addr string) string {
 	var s []string
-	for _, d := range devlist(addr) {
+	for _, d := range spawn.Devlist(addr) {
 		s = append(s, d.Busid)
 	}
 	return strings.Join(s, " ")
@@ -251,16 +236,23 @@ create = true
 	eventually(t, "the keyboard comes back", func() bool { return busids(addr) == "0-1 0-2 0-3" })
 
 	// usbback killed during a transfer: the reads in flight fail.
-	fails := make(chan error, 1)
+	fails, reading := make(chan error, 1), make(chan struct{})
 	go func() {
-		for {
+		for n := 0; ; n++ {
 			if _, err := dk.Read(0, 1<<20); err != nil {
 				fails <- err
 				return
 			}
+			if n == 0 {
+				close(reading) // one read done, the next in flight: kill now
+			}
 		}
 	}()
-	time.Sleep(100 * time.Millisecond) // let reads run: the kill must land mid-transfer
+	select {
+	case <-reading:
+	case err := <-fails:
+		t.Fatalf("reads failed before the backend was killed: %v", err)
+	}
 	back.kill(syscall.SIGKILL)
 	select {
 	case err := <-fails:

@@ -16,13 +16,10 @@ import (
 
 	"github.com/pvusb/pvusb/applets/vportctl"
 	"github.com/pvusb/pvusb/core/backend/fronttest"
-	"github.com/pvusb/pvusb/core/evtchn"
-	"github.com/pvusb/pvusb/core/grant"
 	"github.com/pvusb/pvusb/core/sim"
 	"github.com/pvusb/pvusb/core/sim/simtest"
 	svc "github.com/pvusb/pvusb/core/usbback"
 	"github.com/pvusb/pvusb/core/usbif"
-	"github.com/pvusb/pvusb/core/xenbus"
 	"github.com/pvusb/pvusb/xs"
 )
 
@@ -78,18 +75,10 @@ func TestUsbbackAndVportctlOnTheSimulator(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c1.Close()
-	p := xenbus.NewPaths(1, 0, 0, "vusb")
-	w, _ := c1.Watch(p.Frontend+"/backend", "created")
-	for ok, _ := c1.Exists(p.Frontend + "/backend"); !ok; ok, _ = c1.Exists(p.Frontend + "/backend") {
-		select {
-		case <-w.Events:
-		case <-ctx.Done():
-			t.Fatal("controller never created")
-		}
+	front, err := fronttest.Connect(ctx, d1, c1, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	drv := fronttest.NewDriver(grant.NewSimGranter(d1), evtchn.NewSim(d1), 0)
-	go (&xenbus.Frontend{C: c1, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.Fronts
 
 	if st, err := os.Stat(sock); err != nil || st.Mode().Perm() != 0o600 {
 		t.Errorf("control socket mode: %v %v", st, err)

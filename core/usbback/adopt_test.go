@@ -106,9 +106,10 @@ func TestAdoptsControllersTheToolstackCreates(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c1.Close()
-	drv := fronttest.NewDriver(grant.NewSimGranter(d1), evtchn.NewSim(d1), 0)
-	go (&xenbus.Frontend{C: c1, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.Fronts
+	front, err := fronttest.Connect(ctx, d1, c1, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// The rule from rules.toml names port 2 of this controller.
 	if ev, err := front.ConnEvent(ctx); err != nil || ev.Port != 2 || ev.Speed != usbif.SpeedHigh {
 		t.Fatalf("rule for the adopted controller: %+v %v", ev, err)

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pvusb/pvusb/core/backend/fronttest"
 	"github.com/pvusb/pvusb/core/evtchn"
 	"github.com/pvusb/pvusb/core/frontend"
 	"github.com/pvusb/pvusb/core/grant"
@@ -49,12 +50,8 @@ func benchFrontChild(dir string) error {
 		return err
 	}
 	p := xenbus.NewPaths(dom, 0, 0, "vusb")
-	w, err := c.Watch(p.Frontend+"/backend", "created")
-	if err != nil {
+	if err := fronttest.WaitCreated(ctx, c, p); err != nil {
 		return err
-	}
-	for ok, _ := c.Exists(p.Frontend + "/backend"); !ok; ok, _ = c.Exists(p.Frontend + "/backend") {
-		<-w.Events
 	}
 	conns := make(chan frontend.Connection, 1)
 	plugged := make(chan usbif.Speed, 4)

@@ -70,32 +70,14 @@ func frontendChild(dir string) error {
 	if err != nil {
 		return err
 	}
-	p := xenbus.NewPaths(1, 0, 0, "vusb")
-	w, err := c.Watch(p.Frontend+"/backend", "created")
-	if err != nil {
-		return err
-	}
-	for ok, _ := c.Exists(p.Frontend + "/backend"); !ok; ok, _ = c.Exists(p.Frontend + "/backend") {
-		select {
-		case <-w.Events:
-		case <-ctx.Done():
-			return fmt.Errorf("the backend never created the controller")
-		}
-	}
-	drv := fronttest.NewDriver(grant.NewSimGranter(d), evtchn.NewSim(d), 0)
-	drv.Check = func(cfg xenbus.BackendConfig) error {
+	front, err := fronttest.Connect(ctx, d, c, func(cfg xenbus.BackendConfig) error {
 		if cfg.NumPorts != 4 || cfg.USBVer != 2 {
 			return fmt.Errorf("unexpected configuration %+v", cfg)
 		}
 		return nil
-	}
-	fe := &xenbus.Frontend{C: c, P: p, Driver: drv}
-	go fe.Run(ctx)
-	var front *fronttest.Front
-	select {
-	case front = <-drv.Fronts:
-	case <-ctx.Done():
-		return fmt.Errorf("never connected")
+	})
+	if err != nil {
+		return err
 	}
 	ev, err := front.ConnEvent(ctx)
 	if err != nil || ev.Port != 1 || ev.Speed != usbif.SpeedHigh {

@@ -172,18 +172,11 @@ port = 1
 		t.Fatal(err)
 	}
 	defer c1.Close()
-	p := xenbus.NewPaths(1, 0, 0, "vusb")
-	w, _ := c1.Watch(p.Frontend+"/backend", "created")
-	for ok, _ := c1.Exists(p.Frontend + "/backend"); !ok; ok, _ = c1.Exists(p.Frontend + "/backend") {
-		select {
-		case <-w.Events:
-		case <-ctx.Done():
-			t.Fatal("controller never created")
-		}
+	front, err := fronttest.Connect(ctx, d1, c1, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	drv := fronttest.NewDriver(grant.NewSimGranter(d1), evtchn.NewSim(d1), 0)
-	go (&xenbus.Frontend{C: c1, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.Fronts
+	p := xenbus.NewPaths(1, 0, 0, "vusb")
 
 	node := func(port int) string {
 		v, _ := c0.ReadString(fmt.Sprintf("%s/port/%d", p.Backend, port))

@@ -33,18 +33,10 @@ func connectGuest(t *testing.T, ctx context.Context, h *sim.Hypervisor, dom uint
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	p := xenbus.NewPaths(dom, 0, 0, "vusb")
-	w, _ := c.Watch(p.Frontend+"/backend", "created")
-	for ok, _ := c.Exists(p.Frontend + "/backend"); !ok; ok, _ = c.Exists(p.Frontend + "/backend") {
-		select {
-		case <-w.Events:
-		case <-ctx.Done():
-			t.Fatalf("dom%d: controller never created", dom)
-		}
+	front, err := fronttest.Connect(ctx, d, c, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	drv := fronttest.NewDriver(grant.NewSimGranter(d), evtchn.NewSim(d), 0)
-	go (&xenbus.Frontend{C: c, P: p, Driver: drv}).Run(ctx)
-	front := <-drv.Fronts
 	if ev, err := front.ConnEvent(ctx); err != nil || ev.Port != 1 {
 		t.Fatalf("dom%d plug: %+v %v", dom, ev, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/pvusb/pvusb/core/bot"
 	"github.com/pvusb/pvusb/core/frontend"
 	"github.com/pvusb/pvusb/core/usbif"
 )
@@ -71,12 +72,12 @@ func OpenDisk(ctx context.Context, d *Device) (*Disk, error) {
 
 // Read reads len(buf) bytes (whole blocks) at block lba.
 func (k *Disk) Read(ctx context.Context, lba uint32, buf []byte) error {
-	return k.rw(ctx, 0x28, lba, buf, true)
+	return k.rw(ctx, bot.OpRead10, lba, buf, true)
 }
 
 // Write writes buf (whole blocks) at block lba.
 func (k *Disk) Write(ctx context.Context, lba uint32, buf []byte) error {
-	return k.rw(ctx, 0x2a, lba, buf, false)
+	return k.rw(ctx, bot.OpWrite10, lba, buf, false)
 }
 
 // maxCommand bounds one READ/WRITE(10): 64 KiB blocks of the 16-bit
@@ -89,14 +90,12 @@ func (k *Disk) rw(ctx context.Context, op byte, lba uint32, buf []byte, in bool)
 	}
 	for len(buf) > 0 {
 		n := min(len(buf), maxCommand)
-		cdb := []byte{op, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-		binary.BigEndian.PutUint32(cdb[2:], lba)
-		binary.BigEndian.PutUint16(cdb[7:], uint16(n/k.BlockSize))
+		cdb := bot.RW10(op, lba, n/k.BlockSize)
 		name := "WRITE(10)"
 		if in {
 			name = "READ(10)"
 		}
-		if err := k.command(ctx, name, cdb, buf[:n], in); err != nil {
+		if err := k.command(ctx, name, cdb[:], buf[:n], in); err != nil {
 			return err
 		}
 		buf, lba = buf[n:], lba+uint32(n/k.BlockSize)
@@ -114,16 +113,7 @@ func (k *Disk) Sync(ctx context.Context) error {
 func (k *Disk) command(ctx context.Context, name string, cdb, data []byte, in bool) error {
 	d := k.D
 	k.tag++
-	cbw := make([]byte, 31)
-	binary.LittleEndian.PutUint32(cbw, 0x43425355)
-	binary.LittleEndian.PutUint32(cbw[4:], k.tag)
-	binary.LittleEndian.PutUint32(cbw[8:], uint32(len(data)))
-	if in {
-		cbw[12] = 0x80
-	}
-	cbw[14] = byte(len(cdb))
-	copy(cbw[15:], cdb)
-	if _, err := d.Transfer(ctx, usbif.TypeBulk, k.out, cbw); err != nil {
+	if _, err := d.Transfer(ctx, usbif.TypeBulk, k.out, bot.NewCBW(k.tag, len(data), in, cdb)); err != nil {
 		return fmt.Errorf("%s: CBW: %w", name, err)
 	}
 	var early []byte
@@ -143,17 +133,18 @@ func (k *Disk) command(ctx context.Context, name string, cdb, data []byte, in bo
 	}
 	csw, n, err := early, len(early), error(nil)
 	if csw == nil {
-		csw = make([]byte, 13)
+		csw = make([]byte, bot.CSWSize)
 		n, err = d.Transfer(ctx, usbif.TypeBulk, k.in, csw)
 		if errors.Is(err, ErrStall) {
 			_ = d.ClearHalt(ctx, k.in)
 			n, err = d.Transfer(ctx, usbif.TypeBulk, k.in, csw)
 		}
 	}
-	if err != nil || n != 13 || binary.LittleEndian.Uint32(csw) != 0x53425355 || binary.LittleEndian.Uint32(csw[4:]) != k.tag {
-		return fmt.Errorf("%s: bad CSW (%d bytes, %v)", name, n, err)
+	status, cswErr := bot.CheckCSW(csw[:n], k.tag)
+	if err != nil || cswErr != nil {
+		return fmt.Errorf("%s: bad CSW (%d bytes, %v)", name, n, errors.Join(err, cswErr))
 	}
-	switch csw[12] {
+	switch status {
 	case 0:
 		return nil
 	case 1:
@@ -217,9 +208,8 @@ func (k *Disk) dataPhase(ctx context.Context, ep uint8, data []byte) (csw []byte
 			for _, v := range urbs[i+1:] {
 				f.Unlink(v)
 			}
-		case short >= 0 && i > short && u.Status == usbif.StatusOK && u.Actual == 13 &&
-			binary.LittleEndian.Uint32(u.Buffer) == 0x53425355 && csw == nil:
-			csw = append([]byte(nil), u.Buffer[:13]...)
+		case short >= 0 && i > short && u.Status == usbif.StatusOK && bot.IsCSW(u.Buffer[:u.Actual]) && csw == nil:
+			csw = append([]byte(nil), u.Buffer[:bot.CSWSize]...)
 		}
 	}
 	return csw, first

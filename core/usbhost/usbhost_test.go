@@ -8,11 +8,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
-	"github.com/pvusb/pvusb/core/backend"
-	"github.com/pvusb/pvusb/core/backend/fronttest"
-	"github.com/pvusb/pvusb/core/frontend"
+	"github.com/pvusb/pvusb/core/frontend/enginetest"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 	"github.com/pvusb/pvusb/stub/acm"
@@ -32,22 +29,9 @@ type rig struct {
 
 func newRig(t *testing.T) (*rig, context.Context) {
 	t.Helper()
-	mem := fronttest.NewMem()
-	conn := make(chan usbif.ConnResponse, 16)
-	f, rings, err := frontend.New(frontend.Config{NumPorts: 4, Granter: mem.Granter(), Events: mem.FrontEvents(),
-		OnConn: func(p uint8, s usbif.Speed) { conn <- usbif.ConnResponse{Port: p, Speed: s} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := backend.New(backend.Config{Dom: 1, NumPorts: 4, Mapper: mem.Mapper(), Events: mem.BackEvents()}, rings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	ec, fc := make(chan error, 1), make(chan error, 1)
-	go func() { ec <- e.Run(ctx) }()
-	go func() { fc <- f.Run(ctx) }()
-	r := &rig{h: &Host{F: f}, conn: conn, img: filepath.Join(t.TempDir(), "disk.img")}
+	pair := enginetest.New(t, 4)
+	e, ctx := pair.E, pair.Ctx
+	r := &rig{h: &Host{F: pair.F}, conn: pair.Conn, img: filepath.Join(t.TempDir(), "disk.img")}
 	os.WriteFile(r.img, make([]byte, 8<<20), 0o600)
 	disk, err := msc.Open(r.img, false)
 	if err != nil {
@@ -62,12 +46,6 @@ func newRig(t *testing.T) (*rig, context.Context) {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() {
-		cancel()
-		<-ec
-		<-fc
-		f.Close()
-	})
 	return r, ctx
 }
 

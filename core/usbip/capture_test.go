@@ -26,9 +26,11 @@ func (p pdu) wire() []byte {
 	return append(append(append([]byte(nil), p.raw...), p.data...), p.iso...)
 }
 
-// splitCommands cuts what a client (vhci-hcd) sent into messages. A
-// capture ends wherever its limit fell: a message cut short is left out.
-func splitCommands(b []byte) ([]pdu, error) {
+// split cuts a capture into messages: body says how many bytes of
+// transfer data follow each header (isochronous descriptors come after
+// them) or stops the list. A capture ends wherever its limit fell: a
+// message cut short is left out.
+func split(b []byte, body func(h Header) (data int, stop bool, err error)) ([]pdu, error) {
 	var out []pdu
 	for len(b) >= HeaderSize {
 		var p pdu
@@ -36,31 +38,49 @@ func splitCommands(b []byte) ([]pdu, error) {
 		if err := p.h.Decode((*[HeaderSize]byte)(p.raw)); err != nil {
 			return out, fmt.Errorf("message %d: %w", len(out), err)
 		}
-		n := HeaderSize
-		switch p.h.Command {
-		case CmdSubmit:
-			if p.h.Length < 0 || p.h.Length > MaxTransfer {
-				return out, fmt.Errorf("message %d: length %d", len(out), p.h.Length)
-			}
-			if p.h.Direction == DirOut {
-				n += int(p.h.Length)
-			}
-			if p.h.Packets > 0 {
-				n += int(p.h.Packets) * IsoDescSize
-			}
-		case CmdUnlink:
-		default:
-			return out, fmt.Errorf("message %d: command %#x from a client", len(out), p.h.Command)
+		data, stop, err := body(p.h)
+		if err != nil {
+			return out, fmt.Errorf("message %d: %w", len(out), err)
 		}
-		if len(b) < n {
+		n := HeaderSize + data + isoSize(p.h)
+		if stop || len(b) < n {
 			break
 		}
-		p.data = b[HeaderSize : n-max(0, int(p.h.Packets))*IsoDescSize]
-		p.iso = b[len(p.raw)+len(p.data) : n]
+		p.data = b[HeaderSize : HeaderSize+data]
+		p.iso = b[HeaderSize+data : n]
 		out = append(out, p)
 		b = b[n:]
 	}
 	return out, nil
+}
+
+// isoSize is how many bytes of isochronous descriptors follow h's data.
+func isoSize(h Header) int { return max(0, int(h.Packets)) * IsoDescSize }
+
+// splitCommands cuts what a client (vhci-hcd) sent into messages.
+func splitCommands(b []byte) ([]pdu, error) {
+	return split(b, func(h Header) (int, bool, error) {
+		switch {
+		case h.Command == CmdUnlink:
+			return 0, false, nil
+		case h.Command != CmdSubmit:
+			return 0, false, fmt.Errorf("command %#x from a client", h.Command)
+		case h.Length < 0 || h.Length > MaxTransfer:
+			return 0, false, fmt.Errorf("length %d", h.Length)
+		case h.Direction == DirOut:
+			return int(h.Length), false, nil
+		}
+		return 0, false, nil
+	})
+}
+
+// retData is how many bytes of data follow a reply: a RET_SUBMIT to an
+// IN command carries what it read.
+func retData(h Header, cmds map[uint32]Header) int {
+	if h.Command == RetSubmit && cmds[h.Seqnum].Direction == DirIn {
+		return int(h.Length)
+	}
+	return 0
 }
 
 // splitReturns cuts what a server sent into messages; the commands say
@@ -68,46 +88,25 @@ func splitCommands(b []byte) ([]pdu, error) {
 // carries the OUT data), so replies to commands after its end close the
 // list; a reply to an unknown seqnum before that is an error.
 func splitReturns(b []byte, cmds map[uint32]Header) ([]pdu, error) {
-	var out []pdu
 	var last uint32
 	for s := range cmds {
 		last = max(last, s)
 	}
-	for len(b) >= HeaderSize {
-		var p pdu
-		p.raw = b[:HeaderSize]
-		if err := p.h.Decode((*[HeaderSize]byte)(p.raw)); err != nil {
-			return out, fmt.Errorf("reply %d: %w", len(out), err)
+	return split(b, func(h Header) (int, bool, error) {
+		switch {
+		case h.Command == RetUnlink:
+			return 0, false, nil
+		case h.Command != RetSubmit:
+			return 0, false, fmt.Errorf("command %#x from a server", h.Command)
 		}
-		n := HeaderSize
-		switch p.h.Command {
-		case RetSubmit:
-			c, ok := cmds[p.h.Seqnum]
-			if !ok && p.h.Seqnum > last {
-				return out, nil // past the command capture's end
+		if _, ok := cmds[h.Seqnum]; !ok {
+			if h.Seqnum > last {
+				return 0, true, nil // past the command capture's end
 			}
-			if !ok {
-				return out, fmt.Errorf("reply %d: RET_SUBMIT for seqnum %d, which no command in the capture has", len(out), p.h.Seqnum)
-			}
-			if c.Direction == DirIn {
-				n += int(p.h.Length)
-			}
-			if p.h.Packets > 0 {
-				n += int(p.h.Packets) * IsoDescSize
-			}
-		case RetUnlink:
-		default:
-			return out, fmt.Errorf("reply %d: command %#x from a server", len(out), p.h.Command)
+			return 0, false, fmt.Errorf("RET_SUBMIT for seqnum %d, which no command in the capture has", h.Seqnum)
 		}
-		if len(b) < n {
-			break
-		}
-		p.data = b[HeaderSize : n-max(0, int(p.h.Packets))*IsoDescSize]
-		p.iso = b[len(p.raw)+len(p.data) : n]
-		out = append(out, p)
-		b = b[n:]
-	}
-	return out, nil
+		return retData(h, cmds), false, nil
+	})
 }
 
 // The URB phase as Linux's vhci-hcd speaks it, captured in the Xen lab
@@ -283,14 +282,7 @@ func replayCapture(t *testing.T, cmds, rets []pdu, exact bool) {
 				readErr <- err
 				return
 			}
-			n := 0
-			if p.h.Command == RetSubmit && in[p.h.Seqnum].Direction == DirIn {
-				n = int(p.h.Length)
-			}
-			if p.h.Packets > 0 {
-				n += int(p.h.Packets) * IsoDescSize
-			}
-			if _, err := io.CopyN(io.Discard, c, int64(n)); err != nil {
+			if _, err := io.CopyN(io.Discard, c, int64(retData(p.h, in)+isoSize(p.h))); err != nil {
 				readErr <- err
 				return
 			}

@@ -3,6 +3,8 @@ package usbip
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/pvusb/pvusb/core/bot"
 )
 
 // Disk is a Bulk-Only Transport disk (USB MSC BOT, SCSI commands) used
@@ -19,15 +21,7 @@ type Disk struct {
 // data sent), CSW. A CSW status other than 0 is an error.
 func (d *Disk) Command(cdb, data []byte, in bool) ([]byte, error) {
 	d.tag++
-	cbw := make([]byte, 31)
-	binary.LittleEndian.PutUint32(cbw, 0x43425355)
-	binary.LittleEndian.PutUint32(cbw[4:], d.tag)
-	binary.LittleEndian.PutUint32(cbw[8:], uint32(len(data)))
-	if in {
-		cbw[12] = 0x80
-	}
-	cbw[14] = byte(len(cdb))
-	copy(cbw[15:], cdb)
+	cbw := bot.NewCBW(d.tag, len(data), in, cdb)
 	ok := func(r *Result, err error, what string) error {
 		if err != nil {
 			return fmt.Errorf("%s: %w", what, err)
@@ -53,34 +47,30 @@ func (d *Disk) Command(cdb, data []byte, in bool) ([]byte, error) {
 			return nil, err
 		}
 	}
-	r, err = d.K.Do(DirIn, d.In, [8]byte{}, nil, 13)
+	r, err = d.K.Do(DirIn, d.In, [8]byte{}, nil, bot.CSWSize)
 	if err := ok(r, err, "CSW"); err != nil {
 		return nil, err
 	}
-	if len(r.Data) != 13 || binary.LittleEndian.Uint32(r.Data) != 0x53425355 || binary.LittleEndian.Uint32(r.Data[4:]) != d.tag {
-		return nil, fmt.Errorf("bad CSW % x", r.Data)
+	status, err := bot.CheckCSW(r.Data, d.tag)
+	if err != nil {
+		return nil, err
 	}
-	if r.Data[12] != 0 {
-		return nil, fmt.Errorf("SCSI %#x: CSW status %d", cdb[0], r.Data[12])
+	if status != 0 {
+		return nil, fmt.Errorf("SCSI %#x: CSW status %d", cdb[0], status)
 	}
 	return got, nil
 }
 
-func rw10(op byte, lba uint32, blocks int) []byte {
-	cdb := []byte{op, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-	binary.BigEndian.PutUint32(cdb[2:], lba)
-	binary.BigEndian.PutUint16(cdb[7:], uint16(blocks))
-	return cdb
-}
-
 // Read reads n bytes (whole 512-byte blocks, at most 32 MiB) at lba.
 func (d *Disk) Read(lba uint32, n int) ([]byte, error) {
-	return d.Command(rw10(0x28, lba, n/512), make([]byte, n), true)
+	cdb := bot.RW10(bot.OpRead10, lba, n/512)
+	return d.Command(cdb[:], make([]byte, n), true)
 }
 
 // Write writes data (whole 512-byte blocks) at lba.
 func (d *Disk) Write(lba uint32, data []byte) error {
-	_, err := d.Command(rw10(0x2a, lba, len(data)/512), data, false)
+	cdb := bot.RW10(bot.OpWrite10, lba, len(data)/512)
+	_, err := d.Command(cdb[:], data, false)
 	return err
 }
 

@@ -15,9 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pvusb/pvusb/core/backend"
-	"github.com/pvusb/pvusb/core/backend/fronttest"
-	"github.com/pvusb/pvusb/core/frontend"
+	"github.com/pvusb/pvusb/core/frontend/enginetest"
 	"github.com/pvusb/pvusb/core/usbhost"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
@@ -91,20 +89,8 @@ func newRig(t *testing.T) (*rig, context.Context) {
 // newRigDisk is newRig with a disk of diskSize bytes.
 func newRigDisk(t *testing.T, diskSize int) (*rig, context.Context) {
 	t.Helper()
-	mem := fronttest.NewMem()
-	conn := make(chan usbif.ConnResponse, 8)
-	f, rings, err := frontend.New(frontend.Config{NumPorts: 4, Granter: mem.Granter(), Events: mem.FrontEvents(),
-		OnConn: func(p uint8, s usbif.Speed) { conn <- usbif.ConnResponse{Port: p, Speed: s} }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	e, err := backend.New(backend.Config{Dom: 1, NumPorts: 4, Mapper: mem.Mapper(), Events: mem.BackEvents()}, rings)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	go e.Run(ctx)
-	go f.Run(ctx)
+	pair := enginetest.New(t, 4)
+	f, e, ctx, conn := pair.F, pair.E, pair.Ctx, pair.Conn
 	img := filepath.Join(t.TempDir(), "disk.img")
 	os.WriteFile(img, make([]byte, diskSize), 0o600)
 	disk, _ := msc.Open(img, false)
@@ -112,7 +98,7 @@ func newRigDisk(t *testing.T, diskSize int) (*rig, context.Context) {
 	e.Plug(1, disk)
 	e.Plug(2, kbd)
 	h := &usbhost.Host{F: f}
-	r := &rig{ex: &Exporter{}, kbd: kbd, cancel: cancel}
+	r := &rig{ex: &Exporter{}, kbd: kbd, cancel: pair.Cancel}
 	for i := 0; i < 2; i++ {
 		ev := <-conn
 		d, err := h.Enumerate(ctx, ev.Port, ev.Speed)
@@ -128,7 +114,6 @@ func newRigDisk(t *testing.T, diskSize int) (*rig, context.Context) {
 	}
 	r.addr = l.Addr().String()
 	go r.ex.Serve(ctx, l)
-	t.Cleanup(func() { cancel(); f.Close() })
 	return r, ctx
 }
 

@@ -3,7 +3,6 @@
 package libusb
 
 import (
-	"encoding/binary"
 	"fmt"
 	"os"
 	"strconv"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/google/gousb"
 
+	"github.com/pvusb/pvusb/core/bot"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 	"github.com/pvusb/pvusb/stub/usbfs"
@@ -191,14 +191,8 @@ type DiskReader struct {
 // Read runs READ(10) of len(buf) bytes at lba.
 func (r *DiskReader) Read(lba uint32, buf []byte) error {
 	r.tag++
-	cbw := make([]byte, 31)
-	binary.LittleEndian.PutUint32(cbw, 0x43425355)
-	binary.LittleEndian.PutUint32(cbw[4:], r.tag)
-	binary.LittleEndian.PutUint32(cbw[8:], uint32(len(buf)))
-	cbw[12], cbw[14], cbw[15] = 0x80, 10, 0x28
-	binary.BigEndian.PutUint32(cbw[17:], lba)
-	binary.BigEndian.PutUint16(cbw[22:], uint16(len(buf)/512))
-	if _, err := r.out.Write(cbw); err != nil {
+	cdb := bot.RW10(bot.OpRead10, lba, len(buf)/512)
+	if _, err := r.out.Write(bot.NewCBW(r.tag, len(buf), true, cdb[:])); err != nil {
 		return err
 	}
 	for off := 0; off < len(buf); {
@@ -211,12 +205,17 @@ func (r *DiskReader) Read(lba uint32, buf []byte) error {
 		}
 		off += n
 	}
-	csw := make([]byte, 13)
-	if _, err := r.in.Read(csw); err != nil {
+	csw := make([]byte, bot.CSWSize)
+	n, err := r.in.Read(csw)
+	if err != nil {
 		return err
 	}
-	if csw[12] != 0 {
-		return fmt.Errorf("READ(10): CSW status %d", csw[12])
+	status, err := bot.CheckCSW(csw[:n], r.tag)
+	if err != nil {
+		return err
+	}
+	if status != 0 {
+		return fmt.Errorf("READ(10): CSW status %d", status)
 	}
 	return nil
 }

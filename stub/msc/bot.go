@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 
+	wire "github.com/pvusb/pvusb/core/bot" // the BOT wire format; bot is this device
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 	"github.com/pvusb/pvusb/stub/emu"
@@ -18,11 +19,7 @@ const (
 	EndpointIn  = 0x81
 	EndpointOut = 0x02
 
-	cbwSize      = 31
-	cswSize      = 13
-	cbwSignature = 0x43425355 // "USBC"
-	cswSignature = 0x53425355 // "USBS"
-	reqReset     = 0xff       // Bulk-Only Mass Storage Reset
+	reqReset     = 0xff // Bulk-Only Mass Storage Reset
 	reqGetMaxLUN = 0xfe
 )
 
@@ -232,13 +229,13 @@ func (b *bot) outLocked(t *stub.Transfer) {
 // host's expectation against the command's (BOT §6.7, the thirteen cases).
 func (b *bot) commandLocked(t *stub.Transfer) {
 	c := t.Buffer
-	if len(c) != cbwSize || binary.LittleEndian.Uint32(c) != cbwSignature || c[13]&0x0f != 0 || c[14] == 0 || c[14] > 16 {
+	if len(c) != wire.CBWSize || binary.LittleEndian.Uint32(c) != wire.CBWSignature || c[13]&0x0f != 0 || c[14] == 0 || c[14] > 16 {
 		// Invalid or not meaningful: stall both pipes until Reset Recovery.
 		b.needReset, b.haltIn, b.haltOut = true, true, true
 		t.Complete(usbif.StatusStall, 0)
 		return
 	}
-	t.Complete(usbif.StatusOK, cbwSize)
+	t.Complete(usbif.StatusOK, wire.CBWSize)
 	b.tag = binary.LittleEndian.Uint32(c[4:])
 	b.hostLen = int(binary.LittleEndian.Uint32(c[8:]))
 	hostIn := c[12]&0x80 != 0
@@ -311,7 +308,7 @@ func (b *bot) serveInLocked() {
 			b.popPending()
 			t.Complete(st, n)
 		case stateCSW:
-			if len(t.Buffer) < cswSize {
+			if len(t.Buffer) < wire.CSWSize {
 				b.popPending()
 				t.Complete(usbif.StatusBabble, 0)
 				continue
@@ -325,14 +322,14 @@ func (b *bot) serveInLocked() {
 			if b.status == statusGood && b.p.status != statusGood {
 				b.status = b.p.status
 			}
-			w := t.Buffer[:cswSize]
-			binary.LittleEndian.PutUint32(w[0:], cswSignature)
+			w := t.Buffer[:wire.CSWSize]
+			binary.LittleEndian.PutUint32(w[0:], wire.CSWSignature)
 			binary.LittleEndian.PutUint32(w[4:], b.tag)
 			binary.LittleEndian.PutUint32(w[8:], uint32(max(b.hostLen-b.hostMoved, 0)))
 			w[12] = b.status
 			b.state = stateCBW
 			b.popPending()
-			t.Complete(usbif.StatusOK, cswSize)
+			t.Complete(usbif.StatusOK, wire.CSWSize)
 		default:
 			return // waiting for the CBW or for OUT data
 		}

@@ -1,9 +1,9 @@
 package msc
 
 import (
-	"encoding/binary"
 	"fmt"
 
+	wire "github.com/pvusb/pvusb/core/bot"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 )
@@ -16,8 +16,8 @@ type Direct struct {
 	Dev  stub.Device
 	t    stub.Transfer
 	done chan *stub.Transfer
-	cbw  [cbwSize]byte
-	csw  [cswSize]byte
+	cbw  [wire.CBWSize]byte
+	csw  [wire.CSWSize]byte
 	tag  uint32
 }
 
@@ -40,15 +40,9 @@ func (d *Direct) xfer(ep uint8, buf []byte) error {
 // Read runs READ(10) of len(buf) bytes at lba.
 func (d *Direct) Read(lba uint32, buf []byte) error {
 	d.tag++
-	c := d.cbw[:]
-	clear(c)
-	binary.LittleEndian.PutUint32(c, cbwSignature)
-	binary.LittleEndian.PutUint32(c[4:], d.tag)
-	binary.LittleEndian.PutUint32(c[8:], uint32(len(buf)))
-	c[12], c[14], c[15] = 0x80, 10, 0x28
-	binary.BigEndian.PutUint32(c[17:], lba)
-	binary.BigEndian.PutUint16(c[22:], uint16(len(buf)/BlockSize))
-	if err := d.xfer(EndpointOut, c); err != nil {
+	cdb := wire.RW10(wire.OpRead10, lba, len(buf)/BlockSize)
+	wire.PutCBW(d.cbw[:], d.tag, len(buf), true, cdb[:])
+	if err := d.xfer(EndpointOut, d.cbw[:]); err != nil {
 		return err
 	}
 	for off := 0; off < len(buf); off += 64 << 10 {
@@ -59,8 +53,8 @@ func (d *Direct) Read(lba uint32, buf []byte) error {
 	if err := d.xfer(EndpointIn, d.csw[:]); err != nil {
 		return err
 	}
-	if d.csw[12] != statusGood {
-		return fmt.Errorf("READ(10) at %d: CSW status %d", lba, d.csw[12])
+	if st, err := wire.CheckCSW(d.csw[:], d.tag); err != nil || st != statusGood {
+		return fmt.Errorf("READ(10) at %d: CSW status %d %v", lba, st, err)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	wire "github.com/pvusb/pvusb/core/bot"
 	"github.com/pvusb/pvusb/core/usbif"
 	"github.com/pvusb/pvusb/stub"
 )
@@ -60,19 +61,6 @@ func (h *host) control(s usbif.SetupPacket, buf []byte) *stub.Transfer {
 	return <-h.done
 }
 
-func cbw(tag uint32, hostLen int, in bool, cdb []byte) []byte {
-	c := make([]byte, cbwSize)
-	binary.LittleEndian.PutUint32(c[0:], cbwSignature)
-	binary.LittleEndian.PutUint32(c[4:], tag)
-	binary.LittleEndian.PutUint32(c[8:], uint32(hostLen))
-	if in {
-		c[12] = 0x80
-	}
-	c[14] = byte(len(cdb))
-	copy(c[15:], cdb)
-	return c
-}
-
 type csw struct {
 	tag     uint32
 	residue uint32
@@ -83,7 +71,7 @@ type csw struct {
 func (h *host) cmd(cdb []byte, hostLen int, in bool, out []byte) ([]byte, csw) {
 	h.t.Helper()
 	h.tag++
-	if x := h.xfer(EndpointOut, cbw(h.tag, hostLen, in, cdb)); x.Status != usbif.StatusOK {
+	if x := h.xfer(EndpointOut, wire.NewCBW(h.tag, hostLen, in, cdb)); x.Status != usbif.StatusOK {
 		h.t.Fatalf("CBW: %v", x.Status)
 	}
 	var data []byte
@@ -101,12 +89,12 @@ func (h *host) cmd(cdb []byte, hostLen int, in bool, out []byte) ([]byte, csw) {
 			}
 		}
 	}
-	x := h.xfer(EndpointIn, make([]byte, cswSize))
-	if x.Status != usbif.StatusOK || x.Actual != cswSize {
+	x := h.xfer(EndpointIn, make([]byte, wire.CSWSize))
+	if x.Status != usbif.StatusOK || x.Actual != wire.CSWSize {
 		h.t.Fatalf("CSW transfer: %v %d", x.Status, x.Actual)
 	}
 	b := x.Buffer
-	if binary.LittleEndian.Uint32(b) != cswSignature {
+	if binary.LittleEndian.Uint32(b) != wire.CSWSignature {
 		h.t.Fatalf("CSW signature % x", b)
 	}
 	c := csw{binary.LittleEndian.Uint32(b[4:]), binary.LittleEndian.Uint32(b[8:]), b[12]}
@@ -263,14 +251,14 @@ func TestBOTCases(t *testing.T) {
 		t.Errorf("case 8: %+v", c)
 	}
 	// An invalid CBW stalls both pipes until Reset Recovery.
-	bad := cbw(99, 0, false, []byte{0})
+	bad := wire.NewCBW(99, 0, false, []byte{0})
 	bad[0] = 'X'
 	if x := h.xfer(EndpointOut, bad); x.Status != usbif.StatusStall {
 		t.Fatalf("invalid CBW: %v", x.Status)
 	}
 	h.dev.ClearHalt(EndpointIn)
 	h.dev.ClearHalt(EndpointOut)
-	if x := h.xfer(EndpointOut, cbw(1, 0, false, []byte{0, 0, 0, 0, 0, 0})); x.Status != usbif.StatusStall {
+	if x := h.xfer(EndpointOut, wire.NewCBW(1, 0, false, []byte{0, 0, 0, 0, 0, 0})); x.Status != usbif.StatusStall {
 		t.Error("CLEAR_HALT alone ended the stall; BOT wants the reset first")
 	}
 	if x := h.control(usbif.SetupPacket{RequestType: 0x21, Request: reqReset}, nil); x.Status != usbif.StatusOK {
@@ -288,23 +276,23 @@ func TestBOTCases(t *testing.T) {
 	data := make([]byte, 4*BlockSize)
 	rand.Read(data)
 	h.tag++
-	h.xfer(EndpointOut, cbw(h.tag, len(data), false, rw10(opWrite10, 3, 4)))
+	h.xfer(EndpointOut, wire.NewCBW(h.tag, len(data), false, rw10(opWrite10, 3, 4)))
 	h.xfer(EndpointOut, data[:1000])
 	h.xfer(EndpointOut, data[1000:])
-	if x := h.xfer(EndpointIn, make([]byte, cswSize)); x.Buffer[12] != 0 {
+	if x := h.xfer(EndpointIn, make([]byte, wire.CSWSize)); x.Buffer[12] != 0 {
 		t.Errorf("split write status %d", x.Buffer[12])
 	}
 	// A read split over several IN transfers, and IN submitted before the CBW.
 	h.tag++
 	in1 := &stub.Transfer{Type: usbif.TypeBulk, Endpoint: EndpointIn, Buffer: make([]byte, 1500), Done: h.done}
 	h.dev.Submit(in1) // waits for the CBW
-	h.xfer(EndpointOut, cbw(h.tag, len(data), true, rw10(opRead10, 3, 4)))
+	h.xfer(EndpointOut, wire.NewCBW(h.tag, len(data), true, rw10(opRead10, 3, 4)))
 	first := <-h.done
 	rest := h.xfer(EndpointIn, make([]byte, len(data)-1500))
 	if !bytes.Equal(append(first.Buffer[:first.Actual:first.Actual], rest.Buffer[:rest.Actual]...), data) {
 		t.Error("split read differs")
 	}
-	h.xfer(EndpointIn, make([]byte, cswSize))
+	h.xfer(EndpointIn, make([]byte, wire.CSWSize))
 }
 
 func TestStandardRequests(t *testing.T) {

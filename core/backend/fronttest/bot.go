@@ -2,9 +2,9 @@ package fronttest
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
 
+	"github.com/pvusb/pvusb/core/bot"
 	"github.com/pvusb/pvusb/core/usbif"
 )
 
@@ -44,15 +44,7 @@ func (b *BOT) Enumerate(ctx context.Context, addr uint8) ([]byte, error) {
 // data); it returns the IN data and the CSW status.
 func (b *BOT) Command(ctx context.Context, cdb []byte, in bool, data []byte, n int) ([]byte, byte, error) {
 	b.tag++
-	c := make([]byte, 31)
-	binary.LittleEndian.PutUint32(c[0:], 0x43425355)
-	binary.LittleEndian.PutUint32(c[4:], b.tag)
-	binary.LittleEndian.PutUint32(c[8:], uint32(n))
-	if in {
-		c[12] = 0x80
-	}
-	c[14] = byte(len(cdb))
-	copy(c[15:], cdb)
+	c := bot.NewCBW(b.tag, n, in, cdb)
 	out := usbif.NewPipe(b.Port, b.Addr, 2, false, usbif.TypeBulk)
 	inp := usbif.NewPipe(b.Port, b.Addr, 1, true, usbif.TypeBulk)
 	if rsp, _, err := b.F.Do(ctx, out, nil, c, 0, 0); err != nil || rsp.Status != 0 {
@@ -72,11 +64,12 @@ func (b *BOT) Command(ctx context.Context, cdb []byte, in bool, data []byte, n i
 		}
 		moved += chunk
 	}
-	rsp, csw, err := b.F.Do(ctx, inp, nil, nil, 13, 0)
-	if err != nil || rsp.Status != 0 || len(csw) != 13 || binary.LittleEndian.Uint32(csw[4:]) != b.tag {
+	rsp, csw, err := b.F.Do(ctx, inp, nil, nil, bot.CSWSize, 0)
+	if err != nil || rsp.Status != 0 {
 		return nil, 0, fmt.Errorf("CSW: %+v % x %v", rsp, csw, err)
 	}
-	return got, csw[12], nil
+	status, err := bot.CheckCSW(csw, b.tag)
+	return got, status, err
 }
 
 // Blocks of 512 bytes per READ/WRITE command: what Linux usually sends.
@@ -86,10 +79,8 @@ const blocksPerCommand = 120
 func (b *BOT) Write(ctx context.Context, lba uint32, data []byte) error {
 	for off := 0; off < len(data); off += blocksPerCommand * 512 {
 		n := min(blocksPerCommand*512, len(data)-off)
-		cdb := []byte{0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-		binary.BigEndian.PutUint32(cdb[2:], lba+uint32(off/512))
-		binary.BigEndian.PutUint16(cdb[7:], uint16(n/512))
-		if _, st, err := b.Command(ctx, cdb, false, data[off:off+n], n); err != nil || st != 0 {
+		cdb := bot.RW10(bot.OpWrite10, lba+uint32(off/512), n/512)
+		if _, st, err := b.Command(ctx, cdb[:], false, data[off:off+n], n); err != nil || st != 0 {
 			return fmt.Errorf("WRITE(10) at %d: status %d %v", lba+uint32(off/512), st, err)
 		}
 	}
@@ -100,10 +91,8 @@ func (b *BOT) Write(ctx context.Context, lba uint32, data []byte) error {
 func (b *BOT) Read(ctx context.Context, lba uint32, n int, sink func([]byte)) error {
 	for off := 0; off < n; off += blocksPerCommand * 512 {
 		l := min(blocksPerCommand*512, n-off)
-		cdb := []byte{0x28, 0, 0, 0, 0, 0, 0, 0, 0, 0}
-		binary.BigEndian.PutUint32(cdb[2:], lba+uint32(off/512))
-		binary.BigEndian.PutUint16(cdb[7:], uint16(l/512))
-		d, st, err := b.Command(ctx, cdb, true, nil, l)
+		cdb := bot.RW10(bot.OpRead10, lba+uint32(off/512), l/512)
+		d, st, err := b.Command(ctx, cdb[:], true, nil, l)
 		if err != nil || st != 0 {
 			return fmt.Errorf("READ(10) at %d: status %d %v", lba+uint32(off/512), st, err)
 		}

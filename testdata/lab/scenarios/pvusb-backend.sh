@@ -5,13 +5,8 @@
 # and the domU runs the 16 MiB O_DIRECT write/read/compare on an emulated
 # disk served by usbback. Throughput is reported as a ratio to
 # qusb-reference when that ran in the same boot.
-ts() { cut -d' ' -f1 /proc/uptime; }
 LOG=/var/log/xen/console/guest-pvb.log
-waitfor() {
-	i=0
-	while ! grep -aq "$1" $LOG 2>/dev/null && [ $i -lt $(($2 * 5)) ]; do sleep 0.2; i=$((i + 1)); done
-	grep -aq "$1" $LOG 2>/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 fail() {
 	echo "LAB RESULT pvusb-backend FAIL reason=$1"
 	tail -30 $LOG 2>/dev/null | sed 's/^/  domU: /'
@@ -37,18 +32,15 @@ t0=$(ts)
 pvusb usbback -c /tmp/pvb.toml >/tmp/lab-usbback.log 2>&1 &
 UB=$!
 waitfor "DOMU DEVICE" 120 || fail domU-saw-no-disk
-echo "LAB domU $D sees the emulated disk $(awk -v a=$t0 -v b=$(ts) 'BEGIN{printf "%.1f", b-a}')s after usbback started"
+echo "LAB domU $D sees the emulated disk $(since $t0)s after usbback started"
 waitfor "DOMU RESULT" 240 || fail no-result-from-domU
 pvusb vportctl -c /tmp/pvb.toml list | sed 's/^/  vportctl: /'
 r=$(grep -a "DOMU RESULT" $LOG | head -1)
 r=${r#*DOMU RESULT }
 set -- $r
 [ "${1#storage=}" = PASS ] && ok=PASS || ok=FAIL
-mbps=$(echo "$r" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "%.3f %.3f", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}')
-ratio=""
-if [ -s /tmp/qusb.mbps ] && [ -n "$mbps" ]; then
-	ratio=$(echo "$mbps $(cat /tmp/qusb.mbps)" | awk '{printf "write_ratio_vs_qusb=%.2f read_ratio_vs_qusb=%.2f", $1/$3, $2/$4}')
-fi
+mbps=$(mbps "$r")
+ratio=$(ratio "$mbps")
 kill $UB
 wait $UB
 xl destroy pvb 2>/dev/null

@@ -12,14 +12,9 @@
 #           Linux's usbip list -r / usbip attach over loopback TCP, the
 #           disk read back and compared
 # Throughput as ratios to qusb-reference (xen-hcd + qusb) in this boot.
-ts() { cut -d' ' -f1 /proc/uptime; }
 LOG=/var/log/xen/console/guest-pvf.log
 UBLOG=/tmp/lab-usbback-front.log
-waitfor() {
-	i=0
-	while ! grep -aq "$1" $LOG 2>/dev/null && [ $i -lt $(($2 * 5)) ]; do sleep 0.2; i=$((i + 1)); done
-	grep -aq "$1" $LOG 2>/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 fail() {
 	echo "LAB RESULT pvusb-frontend FAIL reason=$1 $facts"
 	tail -40 $LOG 2>/dev/null | sed 's/^/  domU: /'
@@ -27,14 +22,6 @@ fail() {
 	kill $UB 2>/dev/null
 	xl destroy pvf 2>/dev/null
 	exit 1
-}
-facts=""
-note() { facts="$facts $1"; }
-mbps() { # "DOMU RESULT..." line -> "write read" MB/s
-	echo "$1" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "%.3f %.3f", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}'
-}
-ratio() { # "w r" vs qusb
-	[ -s /tmp/qusb.mbps ] && [ -n "$1" ] && echo "$1 $(cat /tmp/qusb.mbps)" | awk -v p="$2" '{printf "%s_write_ratio_vs_qusb=%.2f %s_read_ratio_vs_qusb=%.2f", p, $1/$3, p, $2/$4}'
 }
 BUSID=""
 for d in /sys/bus/usb/devices/*; do [ "$(cat $d/serial 2>/dev/null)" = LABSTICK01 ] && BUSID=$(basename $d); done

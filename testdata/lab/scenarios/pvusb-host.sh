@@ -13,14 +13,9 @@
 #   - vportctl add again: the domU sees it again and it still holds the data
 #   - xl destroy during the domU's reads: no libxl error, the backend
 #     reaches Closed, the nodes go, dom0 gets the stick back
-ts() { cut -d' ' -f1 /proc/uptime; }
 LOG=/var/log/xen/console/guest-pvh.log
 UBLOG=/tmp/lab-usbback-host.log
-waitfor() {
-	i=0
-	while ! grep -aq "$1" $LOG 2>/dev/null && [ $i -lt $(($2 * 5)) ]; do sleep 0.2; i=$((i + 1)); done
-	grep -aq "$1" $LOG 2>/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 fail() {
 	echo "LAB RESULT pvusb-host FAIL reason=$1 $facts"
 	tail -30 $LOG 2>/dev/null | sed 's/^/  domU: /'
@@ -29,8 +24,6 @@ fail() {
 	xl destroy pvh 2>/dev/null
 	exit 1
 }
-facts=""
-note() { facts="$facts $1"; }
 # driver IF: the kernel driver holding the stick's interface 0
 driver() { basename "$(readlink /sys/bus/usb/devices/$BUSID:1.0/driver 2>/dev/null)" 2>/dev/null; }
 waitdriver() { # name timeout_s
@@ -71,7 +64,7 @@ t0=$(ts)
 xl create /root/domU-pvhost.cfg >/tmp/xl-create-pvh.log 2>&1 || { cat /tmp/xl-create-pvh.log; fail xl-create; }
 grep -qi "error" /tmp/xl-create-pvh.log && { cat /tmp/xl-create-pvh.log; fail xl-create-error; }
 D=$(xl domid pvh)
-note "xl_create_s=$(awk -v a=$t0 -v b=$(ts) 'BEGIN{printf "%.1f", b-a}')"
+note "xl_create_s=$(since $t0)"
 BE=/local/domain/0/backend/vusb/$D/0
 [ "$(xenstore-read $BE/state)" = 4 ] || [ "$(xenstore-read $BE/state)" = 2 ] || fail "backend-state-$(xenstore-read $BE/state)"
 waitfor "DOMU READY" 120 || fail domU-not-ready
@@ -86,11 +79,8 @@ pvusb vportctl -s /run/pvusb/host.sock list | sed 's/^/  vportctl: /'
 r=$(grep -a "DOMU RESULT" $LOG | head -1)
 r=${r#*DOMU RESULT }
 case $r in storage=PASS*) ;; *) fail "storage $r" ;; esac
-mbps=$(echo "$r" | awk '{for(i=1;i<=NF;i++){split($i,kv,"="); v[kv[1]]=kv[2]} if (v["write_s"]>0 && v["read_s"]>0) printf "%.3f %.3f", v["size_mib"]*1.048576/v["write_s"], v["size_mib"]*1.048576/v["read_s"]}')
-note "$r write_MBps=${mbps% *} read_MBps=${mbps#* }"
-if [ -s /tmp/qusb.mbps ] && [ -n "$mbps" ]; then
-	note "$(echo "$mbps $(cat /tmp/qusb.mbps)" | awk '{printf "write_ratio_vs_qusb=%.2f read_ratio_vs_qusb=%.2f", $1/$3, $2/$4}')"
-fi
+mbps=$(mbps "$r")
+note "$r write_MBps=${mbps% *} read_MBps=${mbps#* } $(ratio "$mbps")"
 
 # Unplug during I/O.
 waitfor "DOMU LOOP reading" 60 || fail no-read-loop
@@ -112,7 +102,7 @@ sleep 2
 t1=$(ts)
 xl destroy pvh >/tmp/xl-destroy.log 2>&1
 rc=$?
-note "xl_destroy_rc=$rc xl_destroy_s=$(awk -v a=$t1 -v b=$(ts) 'BEGIN{printf "%.1f", b-a}')"
+note "xl_destroy_rc=$rc xl_destroy_s=$(since $t1)"
 [ $rc -eq 0 ] || { cat /tmp/xl-destroy.log; fail xl-destroy; }
 grep -qi "error\|timeout\|timed out" /tmp/xl-destroy.log && { cat /tmp/xl-destroy.log; fail xl-destroy-error; }
 i=0

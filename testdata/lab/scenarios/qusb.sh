@@ -7,13 +7,8 @@
 #                   its rings read-only and decodes them; --watch redraws
 want=$1
 has() { case " $want " in *" $1 "*) return 0 ;; esac; return 1; }
-ts() { cut -d' ' -f1 /proc/uptime; }
 LOG=/var/log/xen/console/guest-qusb.log
-waitfor() { # pattern timeout_s
-	i=0
-	while ! grep -aq "$1" $LOG 2>/dev/null && [ $i -lt $(($2 * 5)) ]; do sleep 0.2; i=$((i + 1)); done
-	grep -aq "$1" $LOG 2>/dev/null
-}
+. "$(dirname "$0")/lib.sh"
 fail() { # reason
 	has qusb-reference && echo "LAB RESULT qusb-reference FAIL reason=$1"
 	has ringdump-live && echo "LAB RESULT ringdump-live FAIL reason=$1"
@@ -35,7 +30,7 @@ D=$(xl domid qusb)
 waitfor "DOMU READY" 120 || fail domU-not-ready
 xl usbdev-attach qusb hostbus=$BUS hostaddr=$DEV || fail usbdev-attach
 waitfor "DOMU DEVICE" 120 || fail domU-saw-no-disk
-echo "LAB domU $D sees the stick $(awk -v a=$t0 -v b=$(ts) 'BEGIN{printf "%.1f", b-a}')s after create"
+echo "LAB domU $D sees the stick $(since $t0)s after create"
 
 if has ringdump-live; then
 	pvusb ringdump --live --domid "$D" --devid 0 >/tmp/ringdump.txt 2>&1
